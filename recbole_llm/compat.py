@@ -1,0 +1,125 @@
+"""Compatibility patches for RecBole 1.2.1 on a modern stack.
+
+This is the only module that patches RecBole or its dependencies. Every patch checks whether it
+is needed and is a no-op otherwise; ``apply()`` runs once, on ``import recbole_llm``.
+
+Patches
+-------
+numpy_aliases
+    numpy 2 removed ``np.float_``, ``np.complex_``, ``np.unicode_`` and ``np.bool8``.
+    RecBole's ``Config.compatibility_settings`` reads the first three (and its metrics then use
+    ``np.float``); ray 2.6.3 reads ``np.bool8``. The removed names are restored as aliases.
+checkpoint_loading
+    torch >= 2.6 loads checkpoints with ``weights_only=True``; RecBole's checkpoints pickle the
+    whole Config, so ``Trainer.evaluate(load_best_model=True)`` and ``resume_checkpoint`` fail
+    with "Weights only load failed". RecBole's trainer module gets a ``torch`` whose ``load``
+    defaults to ``weights_only=False`` (the checkpoints are the user's own files).
+cpu_ddp
+    RecBole wraps the model in ``DistributedDataParallel(model, device_ids=[local_rank])``,
+    which is invalid for a CPU model. The trainer module gets a wrapper that passes
+    ``device_ids=None`` when the model's parameters live on the CPU. (The process-group backend
+    itself is chosen in :meth:`recbole_llm.config.Config._init_device`: gloo on CPU.)
+"""
+from __future__ import annotations
+
+import inspect
+import types
+from typing import Dict
+
+import numpy as np
+import torch
+
+_NUMPY_REMOVED_ALIASES = {
+    "float_": "float64",
+    "complex_": "complex128",
+    "unicode_": "str_",
+    "bool8": "bool_",
+}
+
+_applied: Dict[str, bool] = {}
+
+
+def patch_numpy_aliases() -> bool:
+    """Restore the numpy aliases removed in numpy 2. Returns True if anything was added."""
+    added = False
+    for alias, target in _NUMPY_REMOVED_ALIASES.items():
+        if alias not in np.__dict__:
+            setattr(np, alias, getattr(np, target))
+            added = True
+    return added
+
+
+def _torch_load_accepts_weights_only() -> bool:
+    return "weights_only" in inspect.signature(torch.load).parameters
+
+
+def _torch_with_full_unpickling_load() -> types.ModuleType:
+    """A stand-in for the ``torch`` module whose ``load`` defaults to ``weights_only=False``."""
+
+    class _TorchProxy(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def load(*args, **kwargs):
+            kwargs.setdefault("weights_only", False)
+            return torch.load(*args, **kwargs)
+
+    return _TorchProxy("torch")
+
+
+def patch_checkpoint_loading() -> bool:
+    """Let RecBole's trainer reload its own checkpoints on torch >= 2.6."""
+    if not _torch_load_accepts_weights_only():
+        return False
+    import recbole.trainer.trainer as trainer_module
+
+    if isinstance(trainer_module.torch, types.ModuleType) and trainer_module.torch is not torch:
+        return False  # already patched
+    trainer_module.torch = _torch_with_full_unpickling_load()
+    return True
+
+
+def _cpu_aware_ddp(ddp_class):
+    def make_ddp(module, device_ids=None, **kwargs):
+        first_param = next(module.parameters(), None)
+        if first_param is not None and first_param.device.type == "cpu":
+            device_ids = None
+        return ddp_class(module, device_ids=device_ids, **kwargs)
+
+    make_ddp.__wrapped__ = ddp_class
+    return make_ddp
+
+
+def patch_cpu_ddp() -> bool:
+    """Make RecBole's trainer build a valid DistributedDataParallel for CPU models."""
+    import recbole.trainer.trainer as trainer_module
+
+    if hasattr(trainer_module.DistributedDataParallel, "__wrapped__"):
+        return False
+    trainer_module.DistributedDataParallel = _cpu_aware_ddp(trainer_module.DistributedDataParallel)
+    return True
+
+
+def check_pandas() -> None:
+    """RecBole 1.2.1 silently corrupts token_seq fields under pandas 3 (copy-on-write)."""
+    import pandas
+
+    major = int(pandas.__version__.split(".")[0])
+    if major >= 3:
+        raise ImportError(
+            f"recbole-llm needs pandas<3 (found {pandas.__version__}): RecBole 1.2.1's "
+            "fillna(inplace=True) is a no-op under pandas 3 copy-on-write and token_seq fields "
+            "fail with 'Length of values does not match length of index'. "
+            "Install with: pip install 'pandas<3'"
+        )
+
+
+def apply() -> Dict[str, bool]:
+    """Apply every patch once; returns {patch name: whether it changed anything}."""
+    if not _applied:
+        check_pandas()
+        _applied["numpy_aliases"] = patch_numpy_aliases()
+        _applied["checkpoint_loading"] = patch_checkpoint_loading()
+        _applied["cpu_ddp"] = patch_cpu_ddp()
+    return dict(_applied)

@@ -1,0 +1,1 @@
+"""Plugin models, one per file; the registry finds them by file name."""
