@@ -1,0 +1,78 @@
+"""Shared fixtures: clean argv for RecBole's Config, tiny model sizes, a small ml-100k slice."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("RECBOLE_LLM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+# Tiny sizes that keep one epoch of a Transformer model to seconds on 2 CPU cores.
+TINY_SEQUENTIAL = {
+    "epochs": 1,
+    "hidden_size": 16,
+    "inner_size": 32,
+    "n_layers": 1,
+    "n_heads": 1,
+    "MAX_ITEM_LIST_LENGTH": 20,
+    "train_batch_size": 256,
+    "eval_batch_size": 256,
+    "show_progress": False,
+    "state": "ERROR",
+    "seed": 2020,
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_argv(monkeypatch):
+    """RecBole's Config reads --key=value from sys.argv; pytest's own flags must not leak in."""
+    monkeypatch.setattr(sys, "argv", [sys.argv[0]])
+
+
+def _ml100k_source() -> Path:
+    import recbole
+
+    return Path(recbole.__file__).parent / "dataset_example" / "ml-100k"
+
+
+@pytest.fixture(scope="session")
+def ml100k_slice(tmp_path_factory):
+    """ml-100k restricted to its first 120 users (and the items they rated), as a new dataset.
+
+    Returns a config dict (data_path, dataset, load_col, text_fields, checkpoint_dir, cache_dir)
+    to merge into a test's config_dict.
+    """
+    name = "ml-100k-slice"
+    root = tmp_path_factory.mktemp("data")
+    folder = root / name
+    folder.mkdir()
+    source = _ml100k_source()
+    lines = (source / "ml-100k.inter").read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], lines[1:]
+    kept = [row for row in rows if int(row.split("\t")[0]) <= 120]
+    items = {row.split("\t")[1] for row in kept}
+    (folder / f"{name}.inter").write_text("\n".join([header] + kept) + "\n", encoding="utf-8")
+    item_lines = (source / "ml-100k.item").read_text(encoding="utf-8").splitlines()
+    item_rows = [row for row in item_lines[1:] if row.split("\t")[0] in items]
+    (folder / f"{name}.item").write_text("\n".join([item_lines[0]] + item_rows) + "\n", encoding="utf-8")
+    work = tmp_path_factory.mktemp("work")
+    return {
+        "data_path": str(root),
+        "dataset": name,
+        "load_col": {
+            "inter": ["user_id", "item_id", "rating", "timestamp"],
+            "item": ["item_id", "movie_title", "release_year", "class"],
+        },
+        "text_fields": ["movie_title", "release_year", "class"],
+        "checkpoint_dir": str(work / "saved"),
+        "cache_dir": str(work / "cache"),
+    }
+
+
+@pytest.fixture
+def tiny_config(ml100k_slice):
+    """Config dict for a one-epoch run on the ml-100k slice with tiny sizes."""
+    return {**TINY_SEQUENTIAL, **ml100k_slice}
