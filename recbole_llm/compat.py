@@ -19,6 +19,11 @@ cpu_ddp
     which is invalid for a CPU model. The trainer module gets a wrapper that passes
     ``device_ids=None`` when the model's parameters live on the CPU. (The process-group backend
     itself is chosen in :meth:`recbole_llm.config.Config._init_device`: gloo on CPU.)
+hyperopt_generator
+    hyperopt >= 0.2.7 samples with ``rng.integers`` (a numpy ``Generator``), but RecBole's
+    exhaustive search hands it a legacy ``RandomState`` ("'RandomState' object has no attribute
+    'integers'"). RecBole's tuning module gets a numpy whose ``random.RandomState(seed)`` is
+    ``default_rng(seed)``. The pinned hyperopt 0.2.5 needs no patch.
 """
 from __future__ import annotations
 
@@ -101,6 +106,47 @@ def patch_cpu_ddp() -> bool:
     return True
 
 
+def _hyperopt_wants_generator() -> bool:
+    try:
+        from importlib.metadata import version
+
+        parts = version("hyperopt").split(".")
+    except Exception:  # hyperopt absent: tuning is unavailable anyway
+        return False
+    numbers = tuple(int(p) for p in parts[:3] if p.isdigit())
+    return numbers >= (0, 2, 7)
+
+
+def _numpy_with_generator_random_state() -> types.ModuleType:
+    class _RandomProxy(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(np.random, name)
+
+        @staticmethod
+        def RandomState(seed=None):  # noqa: N802 (mirrors numpy's name)
+            return np.random.default_rng(seed)
+
+    class _NumpyProxy(types.ModuleType):
+        random = _RandomProxy("numpy.random")
+
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+    return _NumpyProxy("numpy")
+
+
+def patch_hyperopt_generator(force: bool = False) -> bool:
+    """Give RecBole's exhaustive search the random generator newer hyperopt expects."""
+    if not (force or _hyperopt_wants_generator()):
+        return False
+    import recbole.trainer.hyper_tuning as tuning_module
+
+    if tuning_module.np is not np:
+        return False  # already patched
+    tuning_module.np = _numpy_with_generator_random_state()
+    return True
+
+
 def check_pandas() -> None:
     """RecBole 1.2.1 silently corrupts token_seq fields under pandas 3 (copy-on-write)."""
     import pandas
@@ -122,4 +168,5 @@ def apply() -> Dict[str, bool]:
         _applied["numpy_aliases"] = patch_numpy_aliases()
         _applied["checkpoint_loading"] = patch_checkpoint_loading()
         _applied["cpu_ddp"] = patch_cpu_ddp()
+        _applied["hyperopt_generator"] = patch_hyperopt_generator()
     return dict(_applied)

@@ -1,0 +1,59 @@
+"""Subprocess smoke tests of run_recbole_llm.py and run_hyper.py."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import yaml
+
+from conftest import REPO_ROOT
+
+
+def _write_config(tmp_path, tiny_config) -> str:
+    file = tmp_path / "tiny.yaml"
+    file.write_text(yaml.safe_dump({k: v for k, v in tiny_config.items() if k != "dataset"}), encoding="utf-8")
+    return str(file)
+
+
+def _run(args, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_cli_trains_and_prints_metrics(tmp_path, tiny_config):
+    config_file = _write_config(tmp_path, tiny_config)
+    proc = _run(
+        [str(REPO_ROOT / "run_recbole_llm.py"), "--model=SASRec", f"--dataset={tiny_config['dataset']}",
+         f"--config_files={config_file}", "--state=INFO", "--learning_rate=0.002"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert "test result" in log and "ndcg@10" in log
+    assert "learning_rate = 0.002" in log  # the --key=value override reached RecBole's Config
+
+
+def test_cli_unknown_model_fails_with_the_list(tmp_path):
+    proc = _run([str(REPO_ROOT / "run_recbole_llm.py"), "--model=NoSuchModel"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "unknown model 'NoSuchModel'" in proc.stderr and "bert4rec" in proc.stderr
+
+
+def test_run_hyper_two_trials_write_result_file(tmp_path, tiny_config):
+    config_file = _write_config(tmp_path, tiny_config)
+    params = tmp_path / "sasrec.hyper"
+    params.write_text("learning_rate choice [0.001,0.005]\n", encoding="utf-8")
+    output = tmp_path / "sasrec.result"
+    proc = _run(
+        [str(REPO_ROOT / "run_hyper.py"), "--model=SASRec", f"--dataset={tiny_config['dataset']}",
+         f"--config_files={config_file}", f"--params_file={params}", f"--output_file={output}"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = output.read_text(encoding="utf-8")
+    assert text.count("Valid result:") == 2 and text.count("Test result:") == 2
+    assert "learning_rate:0.001" in text and "learning_rate:0.005" in text
+    assert "best params:" in proc.stdout
