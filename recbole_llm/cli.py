@@ -18,11 +18,25 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument("--model", "-m", default="SASRec", help="model name (plugin or RecBole)")
     parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name")
     parser.add_argument("--config_files", default=None, help="config files, space or comma separated")
+    parser.add_argument("--nproc", type=int, default=1, help="processes on this node (data parallel)")
+    parser.add_argument("--world_size", type=int, default=-1, help="processes over all nodes")
+    parser.add_argument("--ip", default="localhost", help="address of the rank-0 node")
+    parser.add_argument("--port", default="5678", help="port of the rank-0 node")
+    parser.add_argument("--group_offset", type=int, default=0, help="global rank of this node's first process")
     args, _ = parser.parse_known_args(argv)
 
-    from recbole_llm.quick_start import run_recbole_llm
+    from recbole_llm.quick_start import run
 
-    return run_recbole_llm(model=args.model, dataset=args.dataset, config_file_list=_split_files(args.config_files))
+    return run(
+        model=args.model,
+        dataset=args.dataset,
+        config_file_list=_split_files(args.config_files),
+        nproc=args.nproc,
+        world_size=args.world_size,
+        ip=args.ip,
+        port=args.port,
+        group_offset=args.group_offset,
+    )
 
 
 def hyper_main(argv: Optional[List[str]] = None) -> None:
@@ -34,14 +48,21 @@ def hyper_main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--params_file", required=True, help="search space, RecBole's hyper format")
     parser.add_argument("--output_file", default="hyper_example.result", help="where results are written")
     parser.add_argument("--display_file", default=None, help="optional HTML plot of the search")
+    parser.add_argument("--tool", default="hyperopt", choices=["hyperopt", "ray"], help="tuning tool")
+    parser.add_argument("--ray_address", default=None, help="Ray cluster address (default: a local Ray)")
+    parser.add_argument("--ray_dir", default="ray_results", help="Ray Tune's results folder")
+    parser.add_argument("--ray_metric", default="ndcg@10", help="validation metric Ray ranks trials by")
     parser.add_argument("--algo", default="exhaustive", choices=["exhaustive", "random", "bayes"])
     parser.add_argument("--max_evals", type=int, default=100, help="trials (ignored by exhaustive)")
     parser.add_argument("--early_stop", type=int, default=10, help="trials without progress before stopping")
     args, _ = parser.parse_known_args(argv)
 
-    from recbole_llm.tuning import hyperopt_tune
+    from recbole_llm.tuning import hyperopt_tune, ray_tune
 
-    hyperopt_tune(args)
+    if args.tool == "ray":
+        ray_tune(args)
+    else:
+        hyperopt_tune(args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Entry points mirroring RecBole's quick start, for plugin and built-in models alike."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import sys
 from logging import getLogger
 from typing import Any, Dict, List, Optional
@@ -27,6 +29,15 @@ def _build(config: Config):
     return dataset, (train_data, valid_data, test_data), model
 
 
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A hash of every parameter and buffer: equal fingerprints mean identical weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode("utf-8"))
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[str, Any]:
     _, (train_data, valid_data, test_data), model = _build(config)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
@@ -38,6 +49,7 @@ def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[s
     )
     return {
         "model": config["model"],
+        "model_fingerprint": model_fingerprint(model),
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
@@ -56,7 +68,8 @@ def run_recbole_llm(
     """Train and test one model (plugin or RecBole built-in) and return RecBole's result dict.
 
     Keys: model, best_valid_score, valid_score_bigger, best_valid_result, test_result,
-    saved_model_file (the best checkpoint when ``saved``).
+    saved_model_file (the best checkpoint when ``saved``), model_fingerprint (a hash of the
+    trained weights). For data-parallel training over several processes use :func:`run`.
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
@@ -100,3 +113,70 @@ def load_data_and_model(model_file: str):
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data
+
+
+def _run_rank(rank: int, model, dataset, config_file_list, config_dict, saved, queue) -> None:
+    result = run_recbole_llm(
+        model=model,
+        dataset=dataset,
+        config_file_list=config_file_list,
+        config_dict={**config_dict, "local_rank": rank},
+        saved=saved,
+    )
+    queue.put((rank, result))
+
+
+def run(
+    model: Optional[str] = None,
+    dataset: Optional[str] = None,
+    config_file_list: Optional[List[str]] = None,
+    config_dict: Optional[Dict[str, Any]] = None,
+    saved: bool = True,
+    nproc: int = 1,
+    world_size: int = -1,
+    ip: str = "localhost",
+    port: str = "5678",
+    group_offset: int = 0,
+) -> Dict[str, Any]:
+    """Train and test in one process, or data-parallel in ``nproc`` processes on this node.
+
+    Several processes use torch.distributed (gloo on CPU, nccl on GPU); ``world_size``, ``ip``,
+    ``port`` and ``group_offset`` (the global rank of this node's first process) span nodes.
+    Returns rank 0's result dict, with ``rank_results`` holding every local rank's result.
+    """
+    if nproc == 1 and world_size <= 0:
+        return run_recbole_llm(model, dataset, config_file_list, config_dict, saved)
+    _refuse_single_process_models(model, config_dict)
+    import torch.multiprocessing as mp
+
+    # RecBole's init_logger creates ./log/<model> without exist_ok: create it before the ranks race.
+    os.makedirs(os.path.join("log", str(model or (config_dict or {}).get("model"))), exist_ok=True)
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    distributed = {
+        "world_size": nproc if world_size == -1 else world_size,
+        "ip": ip,
+        "port": str(port),
+        "nproc": nproc,
+        "offset": group_offset,
+    }
+    mp.spawn(
+        _run_rank,
+        args=(model, dataset, config_file_list, {**(config_dict or {}), **distributed}, saved, queue),
+        nprocs=nproc,
+        join=True,
+    )
+    results = {}
+    while not queue.empty():
+        rank, result = queue.get()
+        results[rank] = result
+    return {**results[0], "rank_results": [results[r] for r in sorted(results)]}
+
+
+def _refuse_single_process_models(model, config_dict) -> None:
+    name = model or (config_dict or {}).get("model")
+    if name is None:
+        return
+    reason = getattr(get_model(name), "single_process_reason", None)
+    if reason:
+        raise ValueError(f"{name} cannot train in several processes: {reason}. Run it with nproc=1.")

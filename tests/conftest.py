@@ -27,9 +27,13 @@ TINY_SEQUENTIAL = {
 
 
 @pytest.fixture(autouse=True)
-def clean_argv(monkeypatch):
-    """RecBole's Config reads --key=value from sys.argv; pytest's own flags must not leak in."""
+def clean_argv(monkeypatch, tmp_path):
+    """RecBole's Config reads --key=value from sys.argv; pytest's own flags must not leak in.
+
+    Also runs each test in its own folder, where RecBole writes its log/ and saved/ folders.
+    """
     monkeypatch.setattr(sys, "argv", [sys.argv[0]])
+    monkeypatch.chdir(tmp_path)
 
 
 def _ml100k_source() -> Path:

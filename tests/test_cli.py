@@ -57,3 +57,19 @@ def test_run_hyper_two_trials_write_result_file(tmp_path, tiny_config):
     assert text.count("Valid result:") == 2 and text.count("Test result:") == 2
     assert "learning_rate:0.001" in text and "learning_rate:0.005" in text
     assert "best params:" in proc.stdout
+
+
+def test_run_hyper_with_ray_two_trials(tmp_path, tiny_config):
+    config_file = _write_config(tmp_path, tiny_config)
+    params = tmp_path / "sasrec.hyper"
+    params.write_text("learning_rate choice [0.001,0.005]\n", encoding="utf-8")
+    output = tmp_path / "ray.result"
+    proc = _run(
+        [str(REPO_ROOT / "run_hyper.py"), "--tool=ray", "--model=SASRec", f"--dataset={tiny_config['dataset']}",
+         f"--config_files={config_file}", f"--params_file={params}", f"--output_file={output}", "--max_evals=2"],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    text = output.read_text(encoding="utf-8")
+    assert text.count("'learning_rate'") == 2 and text.count("test_ndcg@10") == 2
+    assert "best params:" in proc.stdout
