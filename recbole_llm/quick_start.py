@@ -5,6 +5,7 @@ import hashlib
 import logging
 import os
 import sys
+import time
 from logging import getLogger
 from typing import Any, Dict, List, Optional
 
@@ -38,15 +39,38 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+class _EpochTimer:
+    """Wraps one trainer instance's ``_train_epoch`` to count epochs and their wall time."""
+
+    def __init__(self, trainer) -> None:
+        self.epochs = 0
+        self.seconds = 0.0
+        self._train_epoch = trainer._train_epoch
+        trainer._train_epoch = self
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self._train_epoch(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.epochs += 1
+
+
 def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[str, Any]:
+    start = time.perf_counter()
     _, (train_data, valid_data, test_data), model = _build(config)
+    setup_seconds = time.perf_counter() - start
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    epoch_timer = _EpochTimer(trainer)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, verbose=verbose, saved=saved, show_progress=config["show_progress"]
     )
+    start = time.perf_counter()
     test_result = trainer.evaluate(
         test_data, load_best_model=saved, show_progress=config["show_progress"]
     )
+    test_seconds = time.perf_counter() - start
     return {
         "model": config["model"],
         "model_fingerprint": model_fingerprint(model),
@@ -55,6 +79,12 @@ def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[s
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "saved_model_file": getattr(trainer, "saved_model_file", None) if saved else None,
+        "timing": {
+            "setup_seconds": round(setup_seconds, 3),
+            "epochs": epoch_timer.epochs,
+            "train_seconds_per_epoch": round(epoch_timer.seconds / max(epoch_timer.epochs, 1), 3),
+            "test_eval_seconds": round(test_seconds, 3),
+        },
     }
 
 
@@ -69,7 +99,8 @@ def run_recbole_llm(
 
     Keys: model, best_valid_score, valid_score_bigger, best_valid_result, test_result,
     saved_model_file (the best checkpoint when ``saved``), model_fingerprint (a hash of the
-    trained weights). For data-parallel training over several processes use :func:`run`.
+    trained weights), timing (setup seconds incl. data and model preparation, epochs, train
+    seconds per epoch, test-evaluation seconds). For data-parallel training over several processes use :func:`run`.
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
