@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import REPO_ROOT
@@ -60,6 +61,7 @@ def test_run_hyper_two_trials_write_result_file(tmp_path, tiny_config):
 
 
 def test_run_hyper_with_ray_two_trials(tmp_path, tiny_config):
+    pytest.importorskip("ray.tune")
     config_file = _write_config(tmp_path, tiny_config)
     params = tmp_path / "sasrec.hyper"
     params.write_text("learning_rate choice [0.001,0.005]\n", encoding="utf-8")

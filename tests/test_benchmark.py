@@ -1,0 +1,33 @@
+"""The results-table harness: one tiny job end to end, in its own process."""
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from recbole_llm import benchmark
+
+
+def test_benchmark_writes_json_markdown_and_chart(tmp_path, ml100k_slice, monkeypatch):
+    data_root = tmp_path / "data"
+    name = ml100k_slice["dataset"]
+    (data_root / name).mkdir(parents=True)
+    for suffix in ("inter", "item"):
+        src = f"{ml100k_slice['data_path']}/{name}/{name}.{suffix}"
+        (data_root / name / f"{name}.{suffix}").write_text(open(src, encoding="utf-8").read(), encoding="utf-8")
+    (data_root / name / f"{name}.yaml").write_text(
+        yaml.safe_dump({"load_col": ml100k_slice["load_col"], "text_fields": ml100k_slice["text_fields"]}),
+        encoding="utf-8",
+    )
+    out = tmp_path / "results"
+    benchmark.main([
+        "--datasets", name, "--models", "SASRec", "--data_root", str(data_root), "--out", str(out),
+        "--set", "epochs=1", "hidden_size=8", "inner_size=16", "n_layers=1", "n_heads=1",
+        f"checkpoint_dir={tmp_path / 'saved'}", "state=ERROR",
+    ])
+    rows = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))["rows"]
+    assert len(rows) == 1 and rows[0]["model"] == "SASRec"
+    assert 0 <= rows[0]["ndcg@10"] <= 1 and rows[0]["epochs"] == 1
+    assert "--model=SASRec" in rows[0]["command"] and rows[0]["versions"]["recbole"] == "1.2.1"
+    assert "| SASRec |" in (out / f"{name}.md").read_text(encoding="utf-8")
+    assert (out / f"{name}.png").stat().st_size > 1000
