@@ -179,13 +179,27 @@ def bar_chart(rows: List[Dict[str, Any]], dataset: str, file: Path) -> None:
     plt.close(fig)
 
 
+def merge_rows(previous_file: Path, rows: List[Dict[str, Any]], profile: str) -> List[Dict[str, Any]]:
+    """Rows of an earlier run of the same profile, with this run's models replacing theirs."""
+    if not previous_file.is_file():
+        return rows
+    previous = json.loads(previous_file.read_text(encoding="utf-8"))
+    if previous.get("profile") != profile:
+        return rows
+    fresh = {row["model"] for row in rows}
+    return [row for row in previous["rows"] if row["model"] not in fresh] + rows
+
+
 def write_outputs(rows: List[Dict[str, Any]], dataset: str, out: Path, meta: Dict[str, Any]) -> None:
+    """Write (merging with an earlier run of the same profile) the JSON, Markdown and PNG files."""
     from recbole_llm.utils import atomic_write
 
     out.mkdir(parents=True, exist_ok=True)
+    rows = merge_rows(out / f"{dataset}.json", rows, meta["profile"])
     payload = json.dumps({**meta, "rows": rows}, indent=2)
     atomic_write(out / f"{dataset}.json", lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
-    table = f"### {dataset}\n\n`{meta['benchmark_command']}`\n\n" + markdown_table(rows)
+    commands = sorted({row.get("benchmark_command", meta["benchmark_command"]) for row in rows})
+    table = f"### {dataset}\n\n" + "".join(f"`{c}`\n\n" for c in commands) + markdown_table(rows)
     atomic_write(out / f"{dataset}.md", lambda tmp: Path(tmp).write_text(table, encoding="utf-8"))
     bar_chart(rows, dataset, out / f"{dataset}.png")
 
@@ -231,6 +245,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         row = run_in_subprocess(model, dataset, config_files, run_overrides, logs / f"{dataset}-{model}.log")
         if row is None:
             continue
+        row["benchmark_command"] = meta["benchmark_command"]
         print(f"  N@10 {row['ndcg@10']:.4f}  R@10 {row['recall@10']:.4f}  {row['epochs']} epochs, "
               f"{row['train_seconds_per_epoch']:.1f} s/epoch, peak RAM {row['peak_ram_mb']:.0f} MB", flush=True)
         rows_by_dataset.setdefault(dataset, []).append(row)
