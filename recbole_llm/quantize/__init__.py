@@ -1,0 +1,1 @@
+"""Item quantizers: product quantization (pq) and residual quantization (rqvae) of item embeddings."""

@@ -1,0 +1,1 @@
+"""Trainers for models that need their own training schedule."""
