@@ -12,7 +12,8 @@ the sequence; scores are cosine similarities over ``temperature``.
 
 Stages (``train_stage``): ``pretrain`` (sequence-item contrastive loss with in-batch and
 semi-synthetic negatives), ``inductive_ft`` (codes only: unseen items work) and
-``transductive_ft`` (codes plus ID embeddings). Fine-tuning from ``pretrained_file`` first learns
+``transductive_ft`` (codes plus ID embeddings). A model built with ``pretrained_file`` starts from
+that checkpoint's code embeddings and encoder; fine-tuning it first learns
 a per-sub-codebook permutation of the pre-trained code embeddings (hard Hungarian assignment in
 the forward pass, Sinkhorn gradient in the backward pass), then fixes it and trains the model;
 :class:`recbole_llm.trainer.vqrec.VQRecTrainer` runs that schedule.
@@ -138,6 +139,8 @@ class VQRec(SequentialRecommender):
                 self.code_dim, self.code_cap, config["sinkhorn_tau"], config["sinkhorn_iter"]
             )
         self.register_buffer("permutation_active", torch.tensor(False))
+        if config["pretrained_file"]:
+            self.load_pretrained(config["pretrained_file"])
 
     # ----- construction -------------------------------------------------------------------
     def _init_weights(self, module: nn.Module) -> None:

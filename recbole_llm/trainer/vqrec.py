@@ -1,7 +1,7 @@
 """VQ-Rec fine-tuning schedule on top of RecBole's :class:`~recbole.trainer.Trainer`.
 
-Without ``pretrained_file`` this is RecBole's Trainer unchanged. With it, the pre-trained code
-embeddings and sequence encoder are loaded, then for the first ``permutation_epochs`` epochs only
+Without ``pretrained_file`` this is RecBole's Trainer unchanged. With it (the model has loaded the
+pre-trained code embeddings and sequence encoder), for the first ``permutation_epochs`` epochs only
 the code permutation learns (at ``permutation_lr``); after that the permutation is written into
 the code-embedding table and the model trains, with the sequence encoder frozen when
 ``freeze_encoder`` is set.
@@ -12,13 +12,12 @@ from recbole.trainer import Trainer
 
 
 class VQRecTrainer(Trainer):
-    """RecBole's Trainer plus the pre-trained loading and permutation schedule of VQ-Rec."""
+    """RecBole's Trainer plus the fine-tuning schedule of VQ-Rec (permutation, frozen encoder)."""
 
     def __init__(self, config, model):
         self.permutation_epochs = 0
         self.freeze_encoder = bool(config["freeze_encoder"])
-        if config["pretrained_file"]:
-            model.load_pretrained(config["pretrained_file"])
+        if config["pretrained_file"]:  # the model has loaded it
             self.permutation_epochs = int(config["permutation_epochs"] or 0)
             model.set_trainable(encoder=not self.freeze_encoder)
         super().__init__(config, model)
