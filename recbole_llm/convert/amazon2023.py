@@ -164,7 +164,8 @@ def _convert_benchmark(splits: Sequence[Path], meta: Sequence[Path], output: Pat
     for part in BENCHMARK_PARTS:
         kept = [row for row in rows[part] if row[4]]
         if len(kept) < len(rows[part]):
-            notes.append(f"{part}: dropped {len(rows[part]) - len(kept)} row(s) with an empty history")
+            notes.append(f"{part}: {len(rows[part]) - len(kept)} row(s) with an empty history (a user's first "
+                         "item) serve only as history, not as targets")
         if not kept:
             raise ConversionError(f"{by_part[part]}: no row has a history (a sequential model needs one)")
         frame = benchmark_frame([r[0] for r in kept], [r[4] for r in kept], [r[1] for r in kept], options.max_history)
