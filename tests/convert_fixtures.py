@@ -68,6 +68,7 @@ def write_amazon2023(folder: Path, malformed: bool = False, drop_meta_of: int = 
     Besides the :func:`sequences`, the reviews hold a duplicate and a user outside the 5-core.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / "README.md").write_text("Amazon Reviews 2023, Toy category\n")  # not data: ignored
     lines = [json.dumps(amazon2023_review(u, i, t)) for u, seq in sequences().items() for i, t in seq]
     lines.append(lines[0])  # an exact duplicate review
     # a user with two reviews, one of an item nobody else reviewed: the 5-core removes both
@@ -142,7 +143,7 @@ MOVIES = [
     ("Balto (1995)", ["Animation", "Children's"]),
     ("Nixon (1995)", ["Drama"]),
     ("Casino (1995)", ["Drama", "Thriller"]),
-    ("Babe (1995)", ["Children's", "Comedy", "Drama"]),
+    ("Babe", ["Children's", "Comedy", "Drama"]),  # no year (as some ml-25m titles)
 ]
 
 

@@ -143,7 +143,8 @@ def test_split_title():
 
 def test_raw_amazon_filters_and_orders(tmp_path):
     out = tmp_path / "data" / "toy"
-    result = convert("amazon2023", fx.write_amazon2023(tmp_path / "raw", drop_meta_of=3), out, kcore=0)
+    fx.write_amazon2023(tmp_path / "raw", drop_meta_of=3)
+    result = convert("amazon2023", [tmp_path / "raw"], out, kcore=0)  # a folder (with a README) as input
     inter = read_atomic(out / "toy.inter")
     assert "B0PAR00003" not in set(inter["item_id"])  # no metadata
     assert not inter.duplicated(["user_id", "item_id", "timestamp"]).any()
@@ -167,6 +168,14 @@ def test_kcore_default_and_option(tmp_path):
     assert (off.n_users, off.n_items) == (fx.N_USERS + 1, fx.N_ITEMS + 1)
     inter = read_atomic(tmp_path / "k5" / "k5.inter")
     assert inter.groupby("user_id").size().min() >= 5 and inter.groupby("item_id").size().min() >= 5
+
+
+def test_movielens_item_text(tmp_path):
+    convert("movielens", fx.write_movielens(tmp_path / "raw", "ml-1m"), tmp_path / "ml")
+    item = read_atomic(tmp_path / "ml" / "ml.item").set_index("item_id")
+    assert item.loc["2"].tolist() == ["The Usual Suspects", "1995", "Crime Thriller"]
+    assert item.loc["10", "title"] == "Babe" and pd.isna(item.loc["10", "year"])
+    assert item.loc["1", "genres"] == "Animation Children's Comedy"
 
 
 def test_python_literal_meta_and_json_meta(tmp_path):

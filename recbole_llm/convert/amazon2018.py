@@ -21,6 +21,7 @@ from recbole_llm.convert.core import (
     Options,
     as_float,
     expand_inputs,
+    is_json_lines,
     iter_records,
     required,
     write_interaction_dataset,
@@ -48,8 +49,8 @@ def _categories(record: dict) -> List[str]:
 def convert(inputs: Sequence[Path], output: Path, options: Options) -> ConversionResult:
     """Convert review + meta JSON lines into a leave-one-out dataset with item text."""
     files = expand_inputs(inputs)
-    meta = [f for f in files if f.name.startswith("meta_")]
-    reviews = [f for f in files if f not in meta]
+    meta = [f for f in files if f.name.startswith("meta_") and is_json_lines(f)]
+    reviews = [f for f in files if f not in meta and is_json_lines(f)]
     if not meta:
         raise ConversionError("amazon2018 needs the item metadata: pass the meta_<Category>.json.gz file too")
     if not reviews:

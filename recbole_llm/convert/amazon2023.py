@@ -31,6 +31,7 @@ from recbole_llm.convert.core import (
     as_float,
     benchmark_frame,
     expand_inputs,
+    is_json_lines,
     iter_records,
     item_frame,
     open_text,
@@ -48,9 +49,9 @@ BENCHMARK_COLUMNS = ("user_id", "parent_asin", "timestamp")
 def convert(inputs: Sequence[Path], output: Path, options: Options) -> ConversionResult:
     """Convert raw reviews + meta, or the published benchmark csv splits + meta."""
     files = expand_inputs(inputs)
-    meta = [f for f in files if f.name.startswith("meta_")]
+    meta = [f for f in files if f.name.startswith("meta_") and is_json_lines(f)]
     splits = [f for f in files if f not in meta and _is_csv(f)]
-    reviews = [f for f in files if f not in meta and f not in splits]
+    reviews = [f for f in files if f not in meta and is_json_lines(f)]
     if not meta:
         raise ConversionError("amazon2023 needs the item metadata: pass the meta_<Category>.jsonl[.gz] file too")
     if splits:

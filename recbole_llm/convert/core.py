@@ -520,6 +520,14 @@ def expand_inputs(inputs: Iterable[Path]) -> List[Path]:
     return files
 
 
+JSON_LINES_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+
+
+def is_json_lines(path: Path) -> bool:
+    """Whether the file name looks like JSON lines (``.jsonl``/``.json``, optionally gzipped)."""
+    return path.name.endswith(JSON_LINES_SUFFIXES)
+
+
 def find_one(files: Sequence[Path], match: Callable[[str], bool], what: str, needed: bool = True) -> Optional[Path]:
     """The single input whose name satisfies ``match``; an error when it is missing or ambiguous."""
     found = [f for f in files if match(f.name)]
