@@ -16,7 +16,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convert_fixtures as fx  # noqa: E402
 
-from recbole_llm.convert import ConversionError, Options, convert  # noqa: E402
+from recbole_llm.convert import ConversionError, convert  # noqa: E402
 from recbole_llm.convert.__main__ import main as cli_main  # noqa: E402
 from recbole_llm.convert.core import clean_text, kcore_mask  # noqa: E402
 from recbole_llm.convert.movielens import split_title  # noqa: E402
@@ -334,21 +334,36 @@ def test_scientific_matches_upstream_split(tmp_path, clean_argv):
         assert ours == _upstream_targets(upstream, items, users)
 
 
-@needs_office
-def test_office_lcrec_counts(tmp_path):
-    result = convert("lcrec", [SHARED_DATA / "amazon-office"], tmp_path / "Office")
-    assert (result.n_users, result.n_items) == (4905, 2420)
+def _recbole_targets(name: str, data_path: Path) -> tuple:
+    """{user: target item} of the valid and test sets RecBole builds from a converted folder."""
+    from recbole_llm import create_dataset
+
+    dataset = create_dataset(recbole_config(name, data_path))
+    _, valid, test = dataset.build()
+    return tuple(
+        dict(zip(dataset.id2token("user_id", part.inter_feat["user_id"].numpy()),
+                 dataset.id2token("item_id", part.inter_feat["item_id"].numpy())))
+        for part in (valid, test)
+    )
 
 
 @needs_office
-def test_office_rechorus_counts_and_last_items(tmp_path):
+def test_office_lcrec_matches_upstream(tmp_path, clean_argv):
+    source = SHARED_DATA / "amazon-office"
+    result = convert("lcrec", [source], tmp_path / "Office")
+    assert (result.n_users, result.n_items, result.n_interactions) == (4905, 2420, 53258)
+    valid, test = _recbole_targets("Office", tmp_path)
+    sequences = json.loads((source / "Office.inter.json").read_text())
+    assert valid == {user: str(items[-2]) for user, items in sequences.items()}
+    assert test == {user: str(items[-1]) for user, items in sequences.items()}
+
+
+@needs_office
+def test_office_rechorus_matches_upstream(tmp_path, clean_argv):
     source = SHARED_DATA / "amazon-office"
     result = convert("rechorus", [source], tmp_path / "Office")
-    assert (result.n_users, result.n_items) == (4905, 2420)
-    inter = read_atomic(tmp_path / "Office" / "Office.inter")
+    assert (result.n_users, result.n_items, result.n_interactions) == (4905, 2420, 53258)
     asin = {v: k for k, v in (line.split("\t") for line in (source / "Office.item2index").read_text().split("\n") if line)}
-    last_two = inter.groupby("user_id", sort=False)["item_id"].apply(lambda s: tuple(s.iloc[-2:]))
-    for offset, file in ((0, "dev.csv"), (1, "test.csv")):
+    for ours, file in zip(_recbole_targets("Office", tmp_path), ("dev.csv", "test.csv")):
         upstream = pd.read_csv(source / file, sep="\t", dtype=str)
-        ours = last_two.loc[upstream["user_id"]].map(lambda pair: pair[offset])
-        assert list(ours) == list(upstream["item_id"].map(asin))
+        assert ours == dict(zip(upstream["user_id"], upstream["item_id"].map(asin)))

@@ -17,7 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
-import pandas as pd
 
 from recbole_llm.convert.core import (
     RAW_TEXT_LEN,

@@ -14,7 +14,7 @@ reproduces the upstream split.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 from recbole_llm.convert.core import (
     ConversionError,
