@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from recbole_llm import Config, load_data_and_model, run_recbole_llm
+from recbole_llm.data.multi_domain import merge_domains
 from recbole_llm.model.vqrec import CodePermutation, VQRec
 from recbole_llm.quantize.pq import cached_item_codes, fit_item_codes
 from recbole_llm.quick_start import _build
@@ -168,3 +172,36 @@ def test_contrastive_loss_masks_duplicate_targets_with_minus_inf(vq_config):
         fake = (user * targets).sum(-1, keepdim=True) / model.temperature  # ratio 0: fake == positive
         expected = F.cross_entropy(torch.cat([logits, fake], 1), torch.arange(8))
     assert torch.isfinite(loss) and torch.allclose(loss, expected, atol=1e-5)
+
+
+def _copy_dataset(source_root: Path, name: str, target_root: Path, new_name: str) -> None:
+    folder = target_root / new_name
+    folder.mkdir(parents=True)
+    for suffix in (".inter", ".item"):
+        shutil.copy(source_root / name / f"{name}{suffix}", folder / f"{new_name}{suffix}")
+    settings = {"load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"],
+                             "item": ["item_id", "movie_title", "release_year", "class"]},
+                "text_fields": ["movie_title", "release_year", "class"]}
+    (folder / f"{new_name}.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
+
+
+def test_multi_domain_merge_keeps_each_users_order_and_text(vq_config, tmp_path):
+    source_root = Path(vq_config["data_path"])
+    for domain in ("DomainA", "DomainB"):
+        _copy_dataset(source_root, vq_config["dataset"], tmp_path, domain)
+    merged = merge_domains(["DomainA", "DomainB"], tmp_path, tmp_path / "Mixed")
+    inter = [line.split("\t") for line in (merged / "Mixed.inter").read_text(encoding="utf-8").splitlines()]
+    source = [line.split("\t") for line in (source_root / vq_config["dataset"] / f"{vq_config['dataset']}.inter")
+              .read_text(encoding="utf-8").splitlines()[1:]]
+    assert inter[0] == ["user_id:token", "item_id:token", "timestamp:float"]
+    assert len(inter) - 1 == 2 * len(source)
+    assert {row[0].split("/")[0] for row in inter[1:]} == {"DomainA", "DomainB"}
+    user = source[0][0]
+    expected = [row[1] for row in sorted((r for r in source if r[0] == user), key=lambda r: float(r[3]))]
+    merged_items = [row[1] for row in inter[1:] if row[0] == f"DomainB/{user}"]
+    assert merged_items == [f"DomainB/{item}" for item in expected]
+    items = (merged / "Mixed.item").read_text(encoding="utf-8").splitlines()
+    assert items[0] == "item_id:token\ttext:token_seq"
+    assert all(len(row.split("\t")) == 2 and row.split("\t")[1] for row in items[1:])
+    settings = yaml.safe_load((merged / "Mixed.yaml").read_text(encoding="utf-8"))
+    assert settings["text_fields"] == ["text"]
