@@ -21,6 +21,7 @@ the forward pass, Sinkhorn gradient in the backward pass), then fixes it and tra
 from __future__ import annotations
 
 import logging
+import os
 from typing import Dict, List
 
 import numpy as np
@@ -271,8 +272,6 @@ class VQRec(SequentialRecommender):
         Item codes and ID embeddings belong to the pre-training data and are not copied. Returns
         the names of the copied tensors.
         """
-        import os
-
         if not os.path.isfile(path):
             raise FileNotFoundError(f"pretrained_file {path!r} does not exist (a VQRec checkpoint .pth)")
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
