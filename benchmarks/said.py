@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
+import yaml
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -117,31 +119,41 @@ def main() -> None:
     parser.add_argument("--cache_dir", default=str(REPO / "dataset" / ".said_cache"))
     parser.add_argument("--said_llm", default="SmolLM2-135M-Instruct")
     parser.add_argument("--epochs", type=int, default=15, help="stage-2 epochs (both models)")
+    parser.add_argument("--models", nargs="+", default=["SASRec", "SAID"], choices=["SASRec", "SAID"])
+    parser.add_argument("--stage1", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="stage-1 overrides on top of the CPU settings, e.g. said_epochs=2")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--name", default="said", help="output file stem under --out")
     args = parser.parse_args()
+
     out, cache_root = Path(args.out), Path(args.cache_dir)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     common = {**PROFILES["cpu"], "epochs": args.epochs, "stopping_step": 3, "seed": 2020, "show_progress": False,
               "data_path": str(Path(args.data_root).resolve()), "cache_dir": str(cache_root.resolve())}
     said = {**CPU_STAGE1, "said_llm": args.said_llm}
+    for item in args.stage1:
+        key, _, value = item.partition("=")
+        said[key] = yaml.safe_load(value)
     rows, stage1 = [], {}
     for dataset in args.datasets:
         config_files = prepare(dataset, Path(args.data_root), Path(args.shared_data))
-        for model, extra in (("SASRec", {}), ("SAID", said)):
+        for model, extra in ((m, said if m == "SAID" else {}) for m in args.models):
             print(f"{model} on {dataset} ...", flush=True)
             row = run_in_subprocess(model, dataset, config_files, {**common, **extra},
-                                    out / "logs" / f"said-{dataset}-{model}.log")
+                                    out / "logs" / f"{args.name}-{dataset}-{model}.log")
             if row is not None:
                 rows.append(row)
                 print(f"  N@10 {row['ndcg@10']:.4f} R@10 {row['recall@10']:.4f} wall {row['wall_seconds']} s", flush=True)
-        stage1[dataset] = stage1_stats(cache_root, dataset)
-        print(f"  stage 1: {json.dumps(stage1[dataset])}", flush=True)
-        payload = {"command": "python benchmarks/said.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        if "SAID" in args.models:
+            stage1[dataset] = stage1_stats(cache_root, dataset)
+            print(f"  stage 1: {json.dumps(stage1[dataset])}", flush=True)
+        command = "nice python benchmarks/said.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        payload = {"command": command,
                    "common_overrides": common, "said_overrides": said, "rows": rows, "stage1": stage1,
                    "versions": versions("cpu")}
-        atomic_write(out / "said.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2), encoding="utf-8"))
-        atomic_write(out / "said.md", lambda tmp: Path(tmp).write_text(markdown(rows, stage1), encoding="utf-8"))
-    print(markdown(rows, stage1))
+        atomic_write(out / f"{args.name}.json", lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2), encoding="utf-8"))
+        atomic_write(out / f"{args.name}.md", lambda tmp: Path(tmp).write_text(f"`{command}`\n\n" + markdown(rows, stage1), encoding="utf-8"))
+    print(f"{command}\n{json.dumps(versions('cpu'))}\n" + markdown(rows, stage1))
 
 
 if __name__ == "__main__":

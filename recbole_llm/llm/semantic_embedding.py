@@ -211,6 +211,7 @@ def train_semantic_embeddings(
     ``texts`` and ``initial_table`` are aligned with RecBole's item ids (row 0 = padding, skipped).
     """
     device = torch.device(device)
+    started = time.perf_counter()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     lm, tokenizer = load_causal_lm(settings.llm, device, llm_cache_dir)
@@ -241,6 +242,7 @@ def train_semantic_embeddings(
         "eval_items": int(len(eval_ids)),
         "train_items": int(len(items)),
         "train_seconds": round(state["seconds"], 1),
+        "wall_seconds_this_run": round(time.perf_counter() - started, 1),  # LM loading and evaluation included
         "mean_train_loss_last_epoch": float(np.mean(state["losses"])) if state["losses"] else None,
         "device": str(device),
         **_peak_memory_mb(device),
