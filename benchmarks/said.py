@@ -98,12 +98,12 @@ def stage1_stats(cache_root: Path, dataset: str) -> Dict[str, Any]:
 
 
 def markdown(rows: List[Dict[str, Any]], stage1: Dict[str, Dict[str, Any]]) -> str:
-    lines = ["| data | model | R@10 | N@10 | R@50 | N@50 | epochs | s/epoch | peak RAM MB |", "|---|" * 9]
+    lines = ["| data | model | R@10 | N@10 | R@50 | N@50 | epochs | s/epoch | peak RAM MB |", "|" + "---|" * 9]
     for row in rows:
         metrics = " | ".join(f"{row[m]:.4f}" for m in METRICS)
         lines.append(f"| {row['dataset']} | {row['model']} | {metrics} | {row['epochs']} | "
                      f"{row['train_seconds_per_epoch']:.1f} | {row['peak_ram_mb']:.0f} |")
-    lines += ["", "| data | stage-1 items | train s | peak RSS MB | recon. loss before | after |", "|---|" * 6]
+    lines += ["", "| data | stage-1 items | train s | peak RSS MB | recon. loss before | after |", "|" + "---|" * 6]
     for dataset, stats in stage1.items():
         lines.append(f"| {dataset} | {stats.get('train_items')} | {stats.get('train_seconds')} | "
                      f"{stats.get('peak_rss_mb')} | {stats.get('loss_before', float('nan')):.4f} | "
@@ -120,8 +120,8 @@ def main() -> None:
     parser.add_argument("--said_llm", default="SmolLM2-135M-Instruct")
     parser.add_argument("--epochs", type=int, default=15, help="stage-2 epochs (both models)")
     parser.add_argument("--models", nargs="+", default=["SASRec", "SAID"], choices=["SASRec", "SAID"])
-    parser.add_argument("--stage1", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="stage-1 overrides on top of the CPU settings, e.g. said_epochs=2")
+    parser.add_argument("--said_set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="SAID overrides on top of the CPU stage-1 settings, e.g. said_epochs=2 freeze_item_emb=False")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--name", default="said", help="output file stem under --out")
     args = parser.parse_args()
@@ -131,7 +131,7 @@ def main() -> None:
     common = {**PROFILES["cpu"], "epochs": args.epochs, "stopping_step": 3, "seed": 2020, "show_progress": False,
               "data_path": str(Path(args.data_root).resolve()), "cache_dir": str(cache_root.resolve())}
     said = {**CPU_STAGE1, "said_llm": args.said_llm}
-    for item in args.stage1:
+    for item in args.said_set:
         key, _, value = item.partition("=")
         said[key] = yaml.safe_load(value)
     rows, stage1 = [], {}
