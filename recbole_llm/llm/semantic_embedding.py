@@ -338,9 +338,3 @@ def _cache_key(texts: Sequence[str], initial: torch.Tensor, settings: Stage1Sett
     table_digest = hashlib.sha256(initial.numpy().tobytes()).hexdigest()
     return fingerprint(list(texts), table_digest, llm_identity(settings.llm), settings.cache_parts())
 
-
-def stage1_stats_file(config, dataset) -> Path:
-    """The statistics file written beside the cached table for this config and dataset."""
-    settings = Stage1Settings.from_config(config)
-    initial = initial_item_table(settings, dataset.item_text_emb)
-    return cache_dir(config, "said") / f"said_emb_{_cache_key(dataset.item_texts, initial, settings)}.json"
