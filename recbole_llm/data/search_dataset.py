@@ -188,7 +188,7 @@ class SearchRecDataset(Dataset):
         builder = _TargetBuilder(self, clicks)
         for events in np.split(order, boundaries):
             if len(events):
-                builder.add_user(users[events[0]], kinds[events], items[events], session_of_event[events])
+                builder.add_user(users[events[0]], kinds[events], items[events], session_of_event[events], times[events])
         return builder.tables()
 
 
@@ -211,7 +211,8 @@ class _TargetBuilder:
         keys = [self.uid_field, self.iid_field, TARGET_KIND, TARGET_SESSION, HISTORY_ITEM, HISTORY_SESSION, HISTORY_KIND]
         return {key: [] for key in keys + [CANDIDATES, POSITIVE_INDEX]}
 
-    def add_user(self, user: int, kinds: np.ndarray, items: np.ndarray, sessions: np.ndarray) -> None:
+    def add_user(self, user: int, kinds: np.ndarray, items: np.ndarray, sessions: np.ndarray, times: np.ndarray) -> None:
+        """Targets of one user whose events are given in time order."""
         labels = np.zeros(len(kinds), dtype=np.int64)
         for kind in (REC, SEARCH):
             positions = np.flatnonzero(kinds == kind)
@@ -219,7 +220,7 @@ class _TargetBuilder:
         visible = {split: np.flatnonzero(labels <= split) for split in (TRAIN, VALID, TEST)}
         user_items = None
         for t in range(len(kinds)):
-            history = self._history(t, kinds, visible[labels[t]])
+            history = self._history(int(np.searchsorted(times, times[t])), kinds, visible[labels[t]])
             hist_item = np.where(kinds[history] == REC, items[history], 0)
             hist_session = np.where(kinds[history] == SEARCH, sessions[history], 0)
             row = [user, kinds[t], sessions[t], hist_item, hist_session, kinds[history]]
@@ -233,9 +234,12 @@ class _TargetBuilder:
                 user_items = {self.item_tokens[i] for i in np.concatenate([items, clicked]) if i}
             self._append(labels[t], row, items[t], self._candidates(user, kinds[t], items[t], user_items))
 
-    def _history(self, t: int, kinds: np.ndarray, visible: np.ndarray) -> np.ndarray:
-        """Positions of the last N rec and last N search events before ``t``, in time order."""
-        earlier = visible[visible < t]
+    def _history(self, start: int, kinds: np.ndarray, visible: np.ndarray) -> np.ndarray:
+        """Positions of the last N rec and last N search events before ``start``, in time order.
+
+        ``start`` is the first event at the target's timestamp: events that share it are not history.
+        """
+        earlier = visible[visible < start]
         rec = earlier[kinds[earlier] == REC][-self.history_length :]
         search = earlier[kinds[earlier] == SEARCH][-self.history_length :]
         return np.sort(np.concatenate([rec, search]))
