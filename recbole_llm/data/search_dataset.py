@@ -24,10 +24,15 @@ for models trained on other datasets (SASRec on the recommendation events alone,
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import yaml
 from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
 
@@ -310,13 +315,6 @@ def write_search_dataset(
     dataset name; everything is written into a temporary sibling folder that replaces
     ``output_dir`` only when complete.
     """
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    import yaml
-
     output_dir = Path(output_dir).resolve()
     name = output_dir.name
     output_dir.parent.mkdir(parents=True, exist_ok=True)
