@@ -1,0 +1,1 @@
+"""Item quantizers: product quantization, RQ-VAE and semantic-id assignment."""
