@@ -34,6 +34,8 @@ TINY_GENREC = {
     "MAX_ITEM_LIST_LENGTH": 5,
     "topk": [10, 20],
     "beam_size": 20,
+    "train_batch_size": 1024,
+    "user_inter_num_interval": "[0,60]",  # the 54 lightest users of the slice: ~1.9k interactions
 }
 
 
