@@ -1,1 +1,1 @@
-"""Item quantizers: product quantization (pq) and residual quantization (rqvae) of item embeddings."""
+"""Item quantizers: product quantization (pq), RQ-VAE tokenizer (rqvae, semantic_ids), balanced k-means."""

@@ -1,0 +1,160 @@
+"""TIGER / LETTER: tokenizer, trie, constrained beam search, end-to-end runs on an ml-100k slice."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_llm.config import Config
+from recbole_llm.model._generative import PrefixTrie, SemanticIdVocabulary, constrained_beam_search
+from recbole_llm.quantize.rqvae import RQVAEConfig, diversity_loss
+from recbole_llm.quantize.semantic_ids import TokenizerTrainer, TokenizerTraining, deduplicate
+from recbole_llm.quick_start import _build, run_recbole_llm
+
+# A tiny tokenizer and generator: seconds on two CPU cores.
+TINY_GENREC = {
+    "rqvae_hidden_sizes": [32],
+    "rqvae_code_dim": 8,
+    "rqvae_levels": 2,
+    "rqvae_codebook_size": 8,
+    "rqvae_epochs": 4,
+    "rqvae_batch_size": 256,
+    "rqvae_save_step": 2,
+    "rqvae_log_step": 2,
+    "cf_epochs": 1,
+    "cf_hidden_size": 16,
+    "d_model": 16,
+    "d_kv": 8,
+    "d_ff": 32,
+    "num_layers": 1,
+    "num_decoder_layers": 1,
+    "num_heads": 2,
+    "MAX_ITEM_LIST_LENGTH": 5,
+    "topk": [10, 20],
+    "beam_size": 20,
+    "train_batch_size": 1024,
+    "user_inter_num_interval": "[0,60]",  # the 54 lightest users of the slice: ~1.9k interactions
+}
+
+
+@pytest.fixture
+def genrec_config(tiny_config):
+    return {**tiny_config, **TINY_GENREC}
+
+
+def test_deduplicate_makes_ids_unique_and_reports_collisions():
+    codes = np.array([[0, 1], [0, 1], [2, 3], [0, 1], [2, 2]])
+    ids, report = deduplicate(codes)
+    assert len({tuple(row) for row in ids}) == len(codes)
+    assert ids[:, -1].tolist() == [0, 1, 0, 2, 0]
+    assert report["unique_codes_before_dedup"] == 3
+    assert report["collision_rate_before_dedup"] == pytest.approx(1 - 3 / 5)
+    assert report["dedup_codebook_size"] == 3
+
+
+def test_diversity_loss_positive_comes_from_own_cluster_and_skips_singletons():
+    torch.manual_seed(0)
+    codebook = torch.randn(6, 4, requires_grad=True)
+    clusters = torch.tensor([0, 0, 0, 1, 1, 2])  # code 5 is alone in its cluster
+    codes = torch.tensor([0, 1, 3, 4, 5, 5])
+    loss = diversity_loss(codebook, codes, clusters, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert codebook.grad.abs().sum() > 0
+    only_singletons = diversity_loss(codebook, torch.tensor([5, 5]), clusters)
+    assert only_singletons.item() == 0.0
+
+
+def test_tokenizer_resumes_to_the_same_codes(tmp_path):
+    torch.manual_seed(0)
+    embeddings = torch.randn(60, 12)
+    architecture = RQVAEConfig(input_dim=12, hidden_sizes=[16], code_dim=4, n_levels=2, codebook_size=4,
+                               div_weight=0.1)
+    straight = TokenizerTrainer(architecture, TokenizerTraining(epochs=4, batch_size=16, div_clusters=2))
+    expected = straight.fit(embeddings).codes(embeddings)
+    checkpoint = tmp_path / "rqvae.pt"
+    TokenizerTrainer(architecture, TokenizerTraining(epochs=2, batch_size=16, div_clusters=2), checkpoint).fit(embeddings)
+    resumed = TokenizerTrainer(architecture, TokenizerTraining(epochs=4, batch_size=16, div_clusters=2), checkpoint)
+    codes = resumed.fit(embeddings).codes(embeddings)
+    assert resumed.start_epoch == 2
+    assert torch.equal(codes, expected)
+
+
+def _random_codes(n_items: int, sizes, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    raw = np.stack([rng.integers(0, size, n_items) for size in sizes[:-1]], axis=1)
+    ids, _ = deduplicate(raw)
+    table = torch.full((n_items + 1, ids.shape[1]), -1, dtype=torch.long)
+    table[1:] = torch.from_numpy(ids)
+    return table
+
+
+def test_trie_beam_search_yields_only_valid_ids_and_the_true_top_items():
+    codes = _random_codes(40, [3, 4, None], seed=1)
+    sizes = (3, 4, int(codes[1:, -1].max()) + 1)
+    vocabulary = SemanticIdVocabulary(sizes)
+    trie = PrefixTrie(codes, sizes)
+    valid = {tuple(row) for row in codes[1:].tolist()}
+    table = torch.log_softmax(torch.randn(3, 7, vocabulary.size), dim=-1)  # per user, per position
+
+    def next_log_probs(decoded):
+        return table[:, decoded.shape[-1]].unsqueeze(1).expand(-1, decoded.shape[1], -1)
+
+    items, scores = constrained_beam_search(next_log_probs, trie, vocabulary, 3, 60, torch.device("cpu"))
+    tokens = vocabulary.item_tokens(codes)
+    exact = torch.stack([table[:, t, tokens[1:, t]] for t in range(len(sizes))]).sum(0)  # [3, 40]
+    finite = torch.isfinite(scores)
+    assert finite.sum(1).tolist() == [40, 40, 40]  # beam 60 > 40 items: every item, once
+    for user in range(3):
+        returned = items[user][finite[user]]
+        assert all(tuple(codes[i].tolist()) in valid for i in returned)
+        assert sorted(returned.tolist()) == list(range(1, 41))
+        torch.testing.assert_close(scores[user][finite[user]], exact[user, returned - 1])
+    narrow_items, narrow_scores = constrained_beam_search(next_log_probs, trie, vocabulary, 3, 5, torch.device("cpu"))
+    assert (narrow_items > 0).all() and torch.isfinite(narrow_scores).all()
+
+
+def test_semantic_ids_unique_and_cached(genrec_config):
+    config = Config(model="LETTER", config_dict=genrec_config)
+    dataset, _, model = _build(config)
+    ids = dataset.item_semantic_ids[1:]
+    assert len({tuple(row) for row in ids.tolist()}) == len(ids)
+    report = dataset.semantic_id_report
+    assert 0.0 <= report["collision_rate_before_dedup"] < 1.0 and report["n_items"] == len(ids)
+    again, _, _ = _build(Config(model="LETTER", config_dict=genrec_config))
+    assert torch.equal(again.item_semantic_ids, dataset.item_semantic_ids)
+
+
+def test_beam_scores_equal_exact_log_likelihood(genrec_config):
+    config = Config(model="TIGER", config_dict=genrec_config)
+    _, (_, _, test_data), model = _build(config)
+    model.eval()
+    batch = next(iter(test_data))[0]
+    interaction = batch[:8]
+    with torch.no_grad():
+        tokens, mask = model.encoder_inputs(interaction)
+        items, scores = model.beam_search(tokens, mask)
+        exact = model.exact_scores(tokens, mask)
+        for column in range(items.shape[1]):
+            candidate = interaction.copy() if hasattr(interaction, "copy") else interaction
+            candidate[model.ITEM_ID] = items[:, column]
+            torch.testing.assert_close(model.predict(candidate), scores[:, column], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(exact.gather(1, items), scores, atol=1e-4, rtol=1e-4)
+        best_exact = exact.topk(items.shape[1], dim=1).values
+    assert (scores[:, 0] <= best_exact[:, 0] + 1e-4).all()
+    assert items.shape[1] == 20 and (items > 0).all()
+
+
+@pytest.mark.parametrize("model_name", ["TIGER", "LETTER"])
+def test_end_to_end_run(genrec_config, model_name):
+    result = run_recbole_llm(model=model_name, config_dict=genrec_config, saved=False)
+    for key in ("recall@10", "ndcg@10", "recall@20"):
+        assert math.isfinite(result["test_result"][key])
+    assert result["test_result"]["recall@20"] >= result["test_result"]["recall@10"]
+
+
+def test_unknown_scoring_mode_is_rejected(genrec_config):
+    with pytest.raises(ValueError, match="scoring"):
+        _build(Config(model="TIGER", config_dict={**genrec_config, "scoring": "greedy"}))
