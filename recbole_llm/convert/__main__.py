@@ -45,11 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--strict", action="store_true",
                          help="fail on a malformed line instead of skipping and counting it")
         sub.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    for fmt, module in _search_formats().items():
+        sub = subparsers.add_parser(fmt, help=(module.__doc__ or "").strip().splitlines()[0],
+                                    description=(module.__doc__ or "").strip(),
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(run_search_format=module.run)
     return parser
+
+
+def _search_formats():
+    """Mixed search/recommendation data for UniSAR, with their own options."""
+    from recbole_llm.convert import amazon_search, kuaisar
+
+    return {"kuaisar": kuaisar, "amazon_search": amazon_search}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "run_search_format"):
+        try:
+            print(f"wrote {args.run_search_format(args)}")
+        except (ConversionError, ValueError, FileNotFoundError) as err:
+            print(f"recbole-llm-convert {args.format}: error: {err}", file=sys.stderr)
+            return 1
+        return 0
     options = Options(
         kcore=args.kcore,
         drop_items_without_meta=not args.keep_items_without_meta,
