@@ -30,6 +30,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10, help="epochs of every run (early stopping may end sooner)")
     parser.add_argument("--pretrain_epochs", type=int, default=10, help="epochs of pre-training on Office")
+    parser.add_argument("--permutation_epochs", type=int, default=1,
+                        help="fine-tuning epochs that learn only the code permutation")
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES), help="model sizes (recbole_llm.benchmark)")
     parser.add_argument("--data_root", default=str(REPO / "dataset"), help="folder holding Scientific/ and Office/")
     parser.add_argument("--shared_data", default=str(REPO.parent / "shared" / "data"), help="raw data for --prepare")
@@ -92,8 +94,10 @@ def main() -> None:
                     "checkpoint_dir": str(pretrain_dir)}, logs)
     checkpoint = newest_checkpoint(pretrain_dir)
     rows.append(run("VQRec (pre-trained on Office, inductive_ft)", "VQRec", "Scientific", data_root,
-                    {**sizes, "train_stage": "inductive_ft", "pretrained_file": checkpoint}, logs))
+                    {**sizes, "train_stage": "inductive_ft", "pretrained_file": checkpoint,
+                     "permutation_epochs": args.permutation_epochs}, logs))
     meta = {"profile": args.profile, "epochs": args.epochs, "pretrain_epochs": args.pretrain_epochs,
+            "permutation_epochs": args.permutation_epochs,
             "device": rows[0]["versions"]["device"], "versions": rows[0]["versions"],
             "command": "python benchmarks/vqrec_scientific.py " + " ".join(sys.argv[1:]),
             "paper": PAPER, "pretraining_run": pretrain}
