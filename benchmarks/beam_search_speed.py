@@ -42,7 +42,7 @@ def _trained_model(args):
     from recbole_llm.config import Config
     from recbole_llm.quick_start import _build
 
-    overrides = {"show_progress": False,
+    overrides = {"show_progress": False, "train_batch_size": 256,
                  "beam_size": args.beam, "topk": [10, args.beam], "data_path": args.data_path,
                  "rqvae_epochs": args.rqvae_epochs}
     config = Config(model="TIGER", dataset=args.dataset, config_file_list=args.config_files, config_dict=overrides)
