@@ -37,7 +37,7 @@ def _run(model: str, dataset: str, args) -> Dict[str, Any]:
     if model == "SASRec":
         config.update(SASREC, epochs=args.sasrec_epochs)
     else:
-        config.update(rqvae_epochs=args.rqvae_epochs, d_model=args.d_model,
+        config.update(rqvae_epochs=args.rqvae_epochs, cf_epochs=args.cf_epochs, d_model=args.d_model,
                       num_layers=args.layers, num_decoder_layers=args.layers)
     start = time.time()
     result = run_recbole_llm(model=model, dataset=dataset, saved=True,
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--sasrec_epochs", type=int, default=50)
     parser.add_argument("--eval_step", type=int, default=5)
     parser.add_argument("--rqvae_epochs", type=int, default=200)
+    parser.add_argument("--cf_epochs", type=int, default=5, help="SASRec epochs for LETTER's CF embeddings")
     parser.add_argument("--d_model", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=256)
