@@ -136,6 +136,7 @@ def main() -> None:
     parser.add_argument("--name", default="said", help="output file stem under --out")
     parser.add_argument("--stage1_only", action="store_true", help="run SAID's stage 1 only (no stage 2, no SASRec)")
     args = parser.parse_args()
+    command = "nice python benchmarks/said.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     out, cache_root = Path(args.out), Path(args.cache_dir)
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -161,7 +162,6 @@ def main() -> None:
         if "SAID" in args.models or args.stage1_only:
             stage1[dataset] = stage1_stats(cache_root, dataset)
             print(f"  stage 1: {json.dumps(stage1[dataset])}", flush=True)
-        command = "nice python benchmarks/said.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         payload = {"command": command,
                    "common_overrides": common, "said_overrides": said, "rows": rows, "stage1": stage1,
                    "versions": versions("cpu")}
