@@ -97,6 +97,16 @@ def stage1_stats(cache_root: Path, dataset: str) -> Dict[str, Any]:
     return json.loads(files[-1].read_text(encoding="utf-8")) if files else {}
 
 
+def run_stage1(dataset: str, config_files: List[str], overrides: Dict[str, Any]) -> None:
+    """SAID's stage 1 alone, in this process (it writes its statistics beside its cached table)."""
+    sys.argv = sys.argv[:1]  # RecBole's Config must not read this script's flags
+    from recbole_llm import Config, create_dataset
+    from recbole_llm.llm.semantic_embedding import semantic_item_embeddings
+
+    config = Config(model="SAID", dataset=dataset, config_file_list=config_files, config_dict=overrides)
+    semantic_item_embeddings(config, create_dataset(config))
+
+
 def markdown(rows: List[Dict[str, Any]], stage1: Dict[str, Dict[str, Any]]) -> str:
     lines = ["| data | model | R@10 | N@10 | R@50 | N@50 | epochs | s/epoch | peak RAM MB |", "|" + "---|" * 9]
     for row in rows:
@@ -124,7 +134,9 @@ def main() -> None:
                         help="SAID overrides on top of the CPU stage-1 settings, e.g. said_epochs=2 freeze_item_emb=False")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--name", default="said", help="output file stem under --out")
+    parser.add_argument("--stage1_only", action="store_true", help="run SAID's stage 1 only (no stage 2, no SASRec)")
     args = parser.parse_args()
+    command = "nice python benchmarks/said.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     out, cache_root = Path(args.out), Path(args.cache_dir)
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -137,17 +149,19 @@ def main() -> None:
     rows, stage1 = [], {}
     for dataset in args.datasets:
         config_files = prepare(dataset, Path(args.data_root), Path(args.shared_data))
-        for model, extra in ((m, said if m == "SAID" else {}) for m in args.models):
+        models = [] if args.stage1_only else args.models
+        if args.stage1_only:
+            run_stage1(dataset, config_files, {**common, **said})
+        for model, extra in ((m, said if m == "SAID" else {}) for m in models):
             print(f"{model} on {dataset} ...", flush=True)
             row = run_in_subprocess(model, dataset, config_files, {**common, **extra},
                                     out / "logs" / f"{args.name}-{dataset}-{model}.log")
             if row is not None:
                 rows.append(row)
                 print(f"  N@10 {row['ndcg@10']:.4f} R@10 {row['recall@10']:.4f} wall {row['wall_seconds']} s", flush=True)
-        if "SAID" in args.models:
+        if "SAID" in args.models or args.stage1_only:
             stage1[dataset] = stage1_stats(cache_root, dataset)
             print(f"  stage 1: {json.dumps(stage1[dataset])}", flush=True)
-        command = "nice python benchmarks/said.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         payload = {"command": command,
                    "common_overrides": common, "said_overrides": said, "rows": rows, "stage1": stage1,
                    "versions": versions("cpu")}
