@@ -32,7 +32,7 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "inner_size": 128,
         "n_layers": 2,
         "n_heads": 2,
-        "MAX_ITEM_LIST_LENGTH": 20,
+        "MAX_ITEM_LIST_LENGTH": 50,  # pre-split benchmark files store histories of up to 50
         "epochs": 30,
         "stopping_step": 5,
         "train_batch_size": 1024,
