@@ -14,10 +14,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_cpu_processes_keep_identical_weights(tiny_config):
-    config = {**tiny_config, "epochs": 2, "train_batch_size": 128}
+@pytest.mark.parametrize("model", ["SASRec", "VQRec"])
+def test_two_cpu_processes_keep_identical_weights(model, tiny_config):
+    config = {**tiny_config, "epochs": 2, "train_batch_size": 128, "code_dim": 8, "code_cap": 16}
     result = run(
-        model="SASRec", dataset=tiny_config["dataset"], config_dict=config, saved=False,
+        model=model, dataset=tiny_config["dataset"], config_dict=config, saved=False,
         nproc=2, ip="127.0.0.1", port=str(_free_port()),
     )
     ranks = result["rank_results"]
