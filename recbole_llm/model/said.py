@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.model.layers import TransformerEncoder
 from torch import nn
 
+from recbole_llm.model._layers import transformer_encoder
 from recbole_llm.data import TextSeqDataset
 from recbole_llm.llm.semantic_embedding import semantic_item_embeddings
 
@@ -38,16 +38,7 @@ class SAID(SequentialRecommender):
         self.hidden_size = config["hidden_size"]
         self.initializer_range = config["initializer_range"]
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
-        self.trm_encoder = TransformerEncoder(
-            n_layers=config["n_layers"],
-            n_heads=config["n_heads"],
-            hidden_size=self.hidden_size,
-            inner_size=config["inner_size"],
-            hidden_dropout_prob=config["hidden_dropout_prob"],
-            attn_dropout_prob=config["attn_dropout_prob"],
-            hidden_act=config["hidden_act"],
-            layer_norm_eps=config["layer_norm_eps"],
-        )
+        self.trm_encoder = transformer_encoder(config, self.hidden_size)
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
         self.dropout = nn.Dropout(config["hidden_dropout_prob"])
         semantic_table = semantic_item_embeddings(config, dataset)

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.model.layers import TransformerEncoder
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from recbole_llm.model._layers import transformer_encoder
 from recbole_llm.data.text_dataset import TextSeqDataset
 from recbole_llm.quantize.pq import cached_item_codes
 from recbole_llm.trainer.vqrec import VQRecTrainer
@@ -119,16 +119,7 @@ class VQRec(SequentialRecommender):
             if self.train_stage == "transductive_ft" else None
         )
         self.position_embedding = nn.Embedding(self.max_seq_length, self.hidden_size)
-        self.trm_encoder = TransformerEncoder(
-            n_layers=config["n_layers"],
-            n_heads=config["n_heads"],
-            hidden_size=self.hidden_size,
-            inner_size=config["inner_size"],
-            hidden_dropout_prob=config["hidden_dropout_prob"],
-            attn_dropout_prob=config["attn_dropout_prob"],
-            hidden_act=config["hidden_act"],
-            layer_norm_eps=config["layer_norm_eps"],
-        )
+        self.trm_encoder = transformer_encoder(config, self.hidden_size)
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
         self.dropout = nn.Dropout(config["hidden_dropout_prob"])
         self.initializer_range = config["initializer_range"]
