@@ -99,7 +99,7 @@ def test_trie_beam_search_yields_only_valid_ids_and_the_true_top_items():
     valid = {tuple(row) for row in codes[1:].tolist()}
     table = torch.log_softmax(torch.randn(3, 7, vocabulary.size), dim=-1)  # per user, per position
 
-    def next_log_probs(decoded):
+    def next_log_probs(decoded, _parents):
         return table[:, decoded.shape[-1]].unsqueeze(1).expand(-1, decoded.shape[1], -1)
 
     items, scores = constrained_beam_search(next_log_probs, trie, vocabulary, 3, 60, torch.device("cpu"))

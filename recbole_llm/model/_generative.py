@@ -6,7 +6,9 @@
   longer prefix (at the last level: the item id), -1 where not allowed.
 * :class:`SharedMemoryDecoder`: the T5 decoder evaluated for many candidate continuations per
   user at once. The cross-attention keys and values of the encoder output are computed once per
-  user and broadcast over that user's beams (a generic ``generate`` copies them per beam).
+  user and broadcast over that user's beams (a generic ``generate`` copies them per beam). In beam
+  search it decodes incrementally: each step feeds only the newest token and reuses the
+  self-attention keys and values of the earlier steps, reordered to follow the surviving beams.
 * :func:`constrained_beam_search`: beam search on tensors over the trie.
 
 Beam scores are sums of full-vocabulary log-probabilities (the trie masks without
@@ -15,7 +17,7 @@ renormalising), so a returned item's score equals its teacher-forced log-likelih
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -90,6 +92,7 @@ class SharedMemoryDecoder:
         self.memory_bias = torch.zeros(encoder_mask.shape, dtype=encoder_hidden.dtype, device=encoder_hidden.device)
         self.memory_bias = self.memory_bias.masked_fill(~encoder_mask.bool(), float("-inf"))[:, None, None, :]
         self.memory = [self._keys_values(block.layer[1].EncDecAttention, encoder_hidden) for block in self.decoder.block]
+        self.self_cache: List[Tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values [B, K, H, t, d]
 
     def _heads(self, states: torch.Tensor) -> torch.Tensor:
         """[B, N, H*d] -> [B, H, N, d]."""
@@ -98,11 +101,53 @@ class SharedMemoryDecoder:
     def _keys_values(self, attention: nn.Module, encoder_hidden: torch.Tensor):
         return self._heads(attention.k(encoder_hidden)), self._heads(attention.v(encoder_hidden))
 
-    def log_probs(self, tokens: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """Next-token log-probabilities [B, K, t, V] after each prefix of ``tokens`` [B, K, t].
+    def next_log_probs(self, decoded: torch.Tensor, parents: Optional[torch.Tensor]) -> torch.Tensor:
+        """Incremental beam step: next-token log-probabilities [B, K, V] after ``decoded`` [B, K, t].
 
-        With ``last_only`` only the last position's [B, K, V].
+        Only the newest token (the start token when t = 0) goes through the decoder; the keys and
+        values of the earlier positions come from the previous call, whose beam ``parents`` [B, K]
+        each current beam extends. Calls must follow one another with t = 0, 1, 2, ...
         """
+        batch, n_beams, length = decoded.shape
+        if length == 0:
+            newest = torch.full((batch, n_beams), PAD_TOKEN, dtype=torch.long, device=decoded.device)
+            self.self_cache = []
+        else:
+            newest = decoded[..., -1]
+            users = torch.arange(batch, device=decoded.device).unsqueeze(1)
+            self.self_cache = [(keys[users, parents], values[users, parents]) for keys, values in self.self_cache]
+        hidden = self.decoder.embed_tokens(newest).reshape(batch * n_beams, 1, -1)
+        bias = self.decoder.block[0].layer[0].SelfAttention.compute_bias(
+            length + 1, length + 1, device=hidden.device)[:, :, -1:, :]
+        for index, (block, (keys, values)) in enumerate(zip(self.decoder.block, self.memory)):
+            hidden = hidden + self._cached_self_attention(index, block.layer[0], hidden, bias, batch)
+            hidden = hidden + self._cross_attention(block.layer[1], hidden, keys, values, n_beams)
+            hidden = block.layer[2](hidden)
+        return self._output_log_probs(hidden).view(batch, n_beams, -1)
+
+    def _cached_self_attention(self, index: int, layer: nn.Module, hidden: torch.Tensor,
+                               bias: torch.Tensor, batch: int) -> torch.Tensor:
+        """Self-attention of the newest position [B*K, 1, d] over the cached and new keys/values."""
+        attention = layer.SelfAttention
+        normed = layer.layer_norm(hidden)
+        query, key, value = (self._heads(proj(normed)) for proj in (attention.q, attention.k, attention.v))
+        key, value = (tensor.view(batch, -1, *tensor.shape[1:]) for tensor in (key, value))
+        if index < len(self.self_cache):
+            cached_keys, cached_values = self.self_cache[index]
+            key, value = torch.cat([cached_keys, key], dim=3), torch.cat([cached_values, value], dim=3)
+            self.self_cache[index] = (key, value)
+        else:
+            self.self_cache.append((key, value))
+        key, value = key.flatten(0, 1), value.flatten(0, 1)
+        weights = torch.softmax(query @ key.transpose(-1, -2) + bias, dim=-1)
+        return attention.o((weights @ value).transpose(1, 2).reshape(hidden.shape[0], 1, -1))
+
+    def _output_log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = self.decoder.final_layer_norm(hidden) * self.output_scale
+        return torch.log_softmax(self.t5.lm_head(hidden).float(), dim=-1)
+
+    def log_probs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Next-token log-probabilities [B, K, t, V] after each prefix of ``tokens`` [B, K, t]."""
         batch, n_candidates, length = tokens.shape
         hidden = self.decoder.embed_tokens(tokens).reshape(batch * n_candidates, length, -1)
         self_bias = self._self_attention_bias(length, hidden.device)
@@ -110,13 +155,7 @@ class SharedMemoryDecoder:
             hidden = hidden + self._self_attention(block.layer[0], hidden, self_bias)
             hidden = hidden + self._cross_attention(block.layer[1], hidden, keys, values, n_candidates)
             hidden = block.layer[2](hidden)
-        if last_only:
-            hidden, length = hidden[:, -1:], 1
-        hidden = self.decoder.final_layer_norm(hidden) * self.output_scale
-        logits = self.t5.lm_head(hidden).view(batch, n_candidates, length, -1)
-        if last_only:
-            logits = logits.squeeze(2)
-        return torch.log_softmax(logits.float(), dim=-1)
+        return self._output_log_probs(hidden).view(batch, n_candidates, length, -1)
 
     def _self_attention_bias(self, length: int, device: torch.device) -> torch.Tensor:
         first = self.decoder.block[0].layer[0].SelfAttention
@@ -144,7 +183,7 @@ class SharedMemoryDecoder:
 
 
 def constrained_beam_search(
-    next_log_probs: Callable[[torch.Tensor], torch.Tensor],
+    next_log_probs: Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor],
     trie: PrefixTrie,
     vocabulary: SemanticIdVocabulary,
     batch_size: int,
@@ -153,15 +192,17 @@ def constrained_beam_search(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Top ``beam_size`` valid items per user and their log-likelihoods, best first.
 
-    ``next_log_probs(tokens [B, K, t]) -> [B, K, V]`` gives the next-token log-probabilities
-    after each beam's decoded tokens (t may be 0). Returns item ids [B, W] and scores [B, W]
+    ``next_log_probs(tokens [B, K, t], parents) -> [B, K, V]`` gives the next-token
+    log-probabilities after each beam's decoded tokens (t may be 0); ``parents`` [B, K] (None at
+    t = 0) names the previous step's beam that each beam extends, for decoders that cache. Returns item ids [B, W] and scores [B, W]
     (W = min(beam_size, number of items)); unused slots hold item 0 and score -inf.
     """
     scores = torch.zeros(batch_size, 1, device=device)
     prefixes = torch.zeros(batch_size, 1, dtype=torch.long, device=device)
     tokens = torch.zeros(batch_size, 1, 0, dtype=torch.long, device=device)
+    parents = None
     for level, (offset, size) in enumerate(zip(vocabulary.offsets, vocabulary.level_sizes)):
-        level_log_probs = next_log_probs(tokens)[..., offset: offset + size]
+        level_log_probs = next_log_probs(tokens, parents)[..., offset: offset + size]
         children = trie.child(level)[prefixes]  # [B, K, S]
         candidates = (scores.unsqueeze(-1) + level_log_probs).masked_fill(children < 0, float("-inf"))
         width = min(beam_size, candidates.shape[1] * size)

@@ -31,7 +31,6 @@ from recbole_llm.model._generative import (
     constrained_beam_search,
     sequence_log_likelihood,
     shift_right,
-    with_start,
 )
 
 logger = logging.getLogger(__name__)
@@ -126,12 +125,8 @@ class TIGER(SequentialRecommender):
     def beam_search(self, tokens: torch.Tensor, mask: torch.Tensor):
         """Top ``beam_size`` (items [B, W], log-likelihoods [B, W]) by constrained beam search."""
         decoder = self._decoder(tokens, mask)
-
-        def next_log_probs(decoded: torch.Tensor) -> torch.Tensor:
-            return decoder.log_probs(with_start(decoded), last_only=True)
-
         return constrained_beam_search(
-            next_log_probs, self.trie, self.vocabulary, len(tokens), self.beam_size, tokens.device
+            decoder.next_log_probs, self.trie, self.vocabulary, len(tokens), self.beam_size, tokens.device
         )
 
     def exact_scores(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
