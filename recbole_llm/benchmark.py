@@ -32,7 +32,7 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "inner_size": 128,
         "n_layers": 2,
         "n_heads": 2,
-        "MAX_ITEM_LIST_LENGTH": 50,  # pre-split benchmark files store histories of up to 50
+        "MAX_ITEM_LIST_LENGTH": 20,  # TIGER's and LETTER's history length; see DATASET_PROFILES
         "epochs": 30,
         "stopping_step": 5,
         "train_batch_size": 1024,
@@ -40,6 +40,32 @@ PROFILES: Dict[str, Dict[str, Any]] = {
     },
     "default": {},
 }
+
+# Per-model additions to a profile: the generative models size their T5 with their own keys, and
+# each of their validation passes runs a beam search over every user, so they validate less often.
+MODEL_PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "cpu": {
+        model: {"d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 256, "num_layers": 2,
+                "num_decoder_layers": 2, "train_batch_size": 256, "eval_batch_size": 256,
+                "rqvae_epochs": 200, "eval_step": 2, "stopping_step": 3}
+        for model in ("TIGER", "LETTER")
+    },
+    "default": {},
+}
+
+
+# Per-dataset settings that every profile must respect: the pre-split benchmark files of
+# Scientific store histories of up to 50 items (the UniSRec/VQ-Rec protocol), and RecBole cannot
+# keep the latest items of a longer stored history, so the model must accept all 50.
+DATASET_PROFILES: Dict[str, Dict[str, Any]] = {
+    "Scientific": {"MAX_ITEM_LIST_LENGTH": 50},
+}
+
+
+def job_overrides(profile: str, model: str, dataset: str, extra: Dict[str, Any]) -> Dict[str, Any]:
+    """A job's config: the profile, its per-model and per-dataset additions, then ``--set`` values."""
+    return {**PROFILES[profile], **MODEL_PROFILES[profile].get(model, {}), **DATASET_PROFILES.get(dataset, {}),
+            **extra}
 
 # Datasets the table knows how to prepare from ../shared/data (raw upstream files).
 CONVERTIBLE = {
@@ -217,6 +243,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--seed", type=int, default=2020)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra overrides for every run (yaml values)")
+    parser.add_argument("--variant", default=None,
+                        help="label for this run's rows, shown as 'Model (label)' (ablations with --set)")
     parser.add_argument("--data_root", default="dataset", help="where converted datasets live")
     parser.add_argument("--shared_data", default=None, help="upstream files for --prepare")
     parser.add_argument("--prepare", action="store_true", help="convert missing known datasets first")
@@ -225,27 +253,33 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     import yaml
 
-    overrides = {**PROFILES[args.profile], "seed": args.seed, "show_progress": False}
+    user_overrides = {"seed": args.seed, "show_progress": False}
     for item in args.set:
         key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
+        user_overrides[key] = yaml.safe_load(value)
     data_root, out = Path(args.data_root).resolve(), Path(args.out)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     jobs = [(d, m) for d in args.datasets for m in args.models]
     meta = {"benchmark_command": "python -m recbole_llm.benchmark " + " ".join(shlex.quote(a) for a in argv),
-            "profile": args.profile, "overrides": overrides}
+            "profile": args.profile, "overrides": {**PROFILES[args.profile], **user_overrides},
+            "model_overrides": MODEL_PROFILES[args.profile]}
     rows_by_dataset: Dict[str, List[Dict[str, Any]]] = {}
     for number, (dataset, model) in enumerate(jobs, start=1):
         if args.prepare:
             prepare_dataset(dataset, data_root, Path(args.shared_data or "../shared/data"))
         config_files = dataset_config_files(dataset, data_root)
-        run_overrides = {**overrides, "data_path": str(data_root)} if dataset != "ml-100k" else overrides
-        print(f"[{number}/{len(jobs)}] {model} on {dataset} ...", flush=True)
-        row = run_in_subprocess(model, dataset, config_files, run_overrides, logs / f"{dataset}-{model}.log")
+        run_overrides = job_overrides(args.profile, model, dataset, user_overrides)
+        if dataset != "ml-100k":
+            run_overrides["data_path"] = str(data_root)
+        label = f"{model}-{args.variant}" if args.variant else model
+        print(f"[{number}/{len(jobs)}] {label} on {dataset} ...", flush=True)
+        row = run_in_subprocess(model, dataset, config_files, run_overrides, logs / f"{dataset}-{label}.log")
         if row is None:
             continue
         row["benchmark_command"] = meta["benchmark_command"]
+        if args.variant:
+            row["model"] = f"{model} ({args.variant})"
         print(f"  N@10 {row['ndcg@10']:.4f}  R@10 {row['recall@10']:.4f}  {row['epochs']} epochs, "
               f"{row['train_seconds_per_epoch']:.1f} s/epoch, peak RAM {row['peak_ram_mb']:.0f} MB", flush=True)
         rows_by_dataset.setdefault(dataset, []).append(row)

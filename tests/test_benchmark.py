@@ -21,13 +21,24 @@ def test_benchmark_writes_json_markdown_and_chart(tmp_path, ml100k_slice, monkey
     )
     out = tmp_path / "results"
     benchmark.main([
-        "--datasets", name, "--models", "SASRec", "--data_root", str(data_root), "--out", str(out),
+        "--datasets", name, "--models", "SASRec", "--data_root", str(data_root), "--out", str(out), "--variant", "tiny",
         "--set", "epochs=1", "hidden_size=8", "inner_size=16", "n_layers=1", "n_heads=1",
         f"checkpoint_dir={tmp_path / 'saved'}", "state=ERROR",
     ])
     rows = json.loads((out / f"{name}.json").read_text(encoding="utf-8"))["rows"]
-    assert len(rows) == 1 and rows[0]["model"] == "SASRec"
+    assert len(rows) == 1 and rows[0]["model"] == "SASRec (tiny)"
     assert 0 <= rows[0]["ndcg@10"] <= 1 and rows[0]["epochs"] == 1
     assert "--model=SASRec" in rows[0]["command"] and rows[0]["versions"]["recbole"] == "1.2.1"
-    assert "| SASRec |" in (out / f"{name}.md").read_text(encoding="utf-8")
+    assert "| SASRec (tiny) |" in (out / f"{name}.md").read_text(encoding="utf-8")
     assert (out / f"{name}.png").stat().st_size > 1000
+
+
+def test_job_overrides_layer_profile_model_dataset_then_user_values():
+    tiger = benchmark.job_overrides("cpu", "TIGER", "Office", {"epochs": 3})
+    assert tiger["d_model"] == 64 and tiger["hidden_size"] == 64 and tiger["epochs"] == 3
+    assert tiger["MAX_ITEM_LIST_LENGTH"] == 20
+    # Scientific's pre-split files hold histories of 50: every model must accept them
+    assert benchmark.job_overrides("cpu", "TIGER", "Scientific", {})["MAX_ITEM_LIST_LENGTH"] == 50
+    assert benchmark.job_overrides("cpu", "SASRec", "Scientific", {"MAX_ITEM_LIST_LENGTH": 60})["MAX_ITEM_LIST_LENGTH"] == 60
+    assert "d_model" not in benchmark.job_overrides("cpu", "SASRec", "Office", {})
+    assert benchmark.job_overrides("default", "TIGER", "Office", {}) == {}
