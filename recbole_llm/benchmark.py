@@ -144,6 +144,7 @@ def run_one(model: str, dataset: str, config_files: List[str], overrides: Dict[s
         "valid_ndcg@10": result["best_valid_result"].get("ndcg@10"),
         **result["timing"],
         "wall_seconds": round(wall, 1),
+        "cpu_threads": torch.get_num_threads(),
         "peak_ram_mb": round(peak_rss_mb, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if gpu else None,
         "command": equivalent_command(model, dataset, config_files, overrides),
@@ -158,10 +159,13 @@ def _worker_main(argv: List[str]) -> None:
 
 
 def run_in_subprocess(model: str, dataset: str, config_files: List[str], overrides: Dict[str, Any],
-                      log_file: Path) -> Optional[Dict[str, Any]]:
+                      log_file: Path, threads: Optional[int] = None) -> Optional[Dict[str, Any]]:
+    """Run one job in a fresh interpreter; ``threads`` caps its CPU threads (None: torch's default)."""
     spec = json.dumps({"model": model, "dataset": dataset, "config_files": config_files, "overrides": overrides})
     package_parent = str(Path(__file__).resolve().parent.parent)  # the worker imports this same copy
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(log_file, "w", encoding="utf-8") as log:
         proc = subprocess.run([sys.executable, "-m", "recbole_llm.benchmark", "--worker", spec],
                               stdout=subprocess.PIPE, stderr=log, text=True, env=env)
@@ -245,6 +249,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                         help="extra overrides for every run (yaml values)")
     parser.add_argument("--variant", default=None,
                         help="label for this run's rows, shown as 'Model (label)' (ablations with --set)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per job (OMP_NUM_THREADS); default: torch's choice")
     parser.add_argument("--data_root", default="dataset", help="where converted datasets live")
     parser.add_argument("--shared_data", default=None, help="upstream files for --prepare")
     parser.add_argument("--prepare", action="store_true", help="convert missing known datasets first")
@@ -274,7 +280,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             run_overrides["data_path"] = str(data_root)
         label = f"{model}-{args.variant}" if args.variant else model
         print(f"[{number}/{len(jobs)}] {label} on {dataset} ...", flush=True)
-        row = run_in_subprocess(model, dataset, config_files, run_overrides, logs / f"{dataset}-{label}.log")
+        row = run_in_subprocess(model, dataset, config_files, run_overrides, logs / f"{dataset}-{label}.log",
+                                 args.threads)
         if row is None:
             continue
         row["benchmark_command"] = meta["benchmark_command"]
