@@ -104,7 +104,7 @@ def run_stage1(dataset: str, config_files: List[str], overrides: Dict[str, Any])
     from recbole_llm.llm.semantic_embedding import semantic_item_embeddings
 
     config = Config(model="SAID", dataset=dataset, config_file_list=config_files, config_dict=overrides)
-    semantic_item_embeddings(config, create_dataset(config))
+    semantic_item_embeddings(config, create_dataset(config))  # writes its statistics beside the table
 
 
 def markdown(rows: List[Dict[str, Any]], stage1: Dict[str, Dict[str, Any]]) -> str:

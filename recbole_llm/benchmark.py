@@ -145,6 +145,7 @@ def run_one(model: str, dataset: str, config_files: List[str], overrides: Dict[s
         **result["timing"],
         "wall_seconds": round(wall, 1),
         "cpu_threads": torch.get_num_threads(),
+        "preparation": result.get("preparation", {}),
         "peak_ram_mb": round(peak_rss_mb, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if gpu else None,
         "command": equivalent_command(model, dataset, config_files, overrides),

@@ -79,6 +79,7 @@ def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[s
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "saved_model_file": getattr(trainer, "saved_model_file", None) if saved else None,
+        "preparation": model.preparation_report() if hasattr(model, "preparation_report") else {},
         "timing": {
             "setup_seconds": round(setup_seconds, 3),
             "epochs": epoch_timer.epochs,
@@ -98,9 +99,11 @@ def run_recbole_llm(
     """Train and test one model (plugin or RecBole built-in) and return RecBole's result dict.
 
     Keys: model, best_valid_score, valid_score_bigger, best_valid_result, test_result,
-    saved_model_file (the best checkpoint when ``saved``), model_fingerprint (a hash of the
-    trained weights), timing (setup seconds incl. data and model preparation, epochs, train
-    seconds per epoch, test-evaluation seconds). For data-parallel training over several processes use :func:`run`.
+    saved_model_file (the best checkpoint when ``saved``), preparation (a plugin model's report
+    on its own preparation stages, e.g. tokenizer collisions or SAID's stage 1; empty for others),
+    model_fingerprint (a hash of the trained weights), timing (setup seconds incl. data and model
+    preparation, epochs, train seconds per epoch, test-evaluation seconds). For data-parallel
+    training over several processes use :func:`run`.
     """
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])

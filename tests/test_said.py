@@ -91,6 +91,8 @@ def test_said_trains_frozen_embeddings_stay_fixed_and_cache_is_reused(tiny_confi
     config = _said_config(tiny_config, tiny_lm)
     result = run_recbole_llm(model="SAID", dataset=config["dataset"], config_dict=config, saved=True)
     assert all(math.isfinite(v) for v in result["test_result"].values())
+    report = result["preparation"]["stage1"]
+    assert report["cached"] is False and report["loss_after"] < report["loss_before"]
     cached = list((Path(config["cache_dir"]) / config["dataset"] / "said").glob("said_emb_*.npy"))
     assert len(cached) == 1 and cached[0].with_suffix(".json").is_file()
     assert not list(cached[0].parent.glob("said_ckpt_*")), "checkpoint left behind"
@@ -103,6 +105,8 @@ def test_said_trains_frozen_embeddings_stay_fixed_and_cache_is_reused(tiny_confi
     monkeypatch.setattr(stage1, "train_semantic_embeddings", no_training)
     again = run_recbole_llm(model="SAID", dataset=config["dataset"], config_dict=config, saved=False)
     assert again["test_result"] == result["test_result"]
+    assert again["preparation"]["stage1"]["cached"] is True
+    assert again["preparation"]["stage1"]["loss_after"] == report["loss_after"]
 
 
 @pytest.mark.parametrize("freeze", [True, False])

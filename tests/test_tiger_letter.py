@@ -153,6 +153,8 @@ def test_end_to_end_run(genrec_config, model_name):
     for key in ("recall@10", "ndcg@10", "recall@20"):
         assert math.isfinite(result["test_result"][key])
     assert result["test_result"]["recall@20"] >= result["test_result"]["recall@10"]
+    report = result["preparation"]["semantic_ids"]
+    assert 0.0 <= report["collision_rate_before_dedup"] < 1.0
 
 
 def test_unknown_scoring_mode_is_rejected(genrec_config):

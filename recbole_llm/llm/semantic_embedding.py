@@ -303,11 +303,12 @@ def initial_item_table(settings: Stage1Settings, text_embeddings: torch.Tensor) 
     return table
 
 
-def semantic_item_embeddings(config, dataset) -> torch.Tensor:
-    """SAID's stage-1 item table [item_num, d] for a TextSeqDataset: read from cache, else learned.
+def semantic_item_embeddings(config, dataset) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    """SAID's stage-1 item table [item_num, d] for a TextSeqDataset (read from cache, else learned)
+    and its training statistics (reconstruction loss before/after, seconds, peak memory).
 
-    Beside the ``.npy`` table a ``.json`` file records the training statistics (reconstruction
-    loss before/after, seconds, peak memory).
+    The statistics are stored as a ``.json`` file beside the cached ``.npy`` table and read back on
+    a cache hit (``cached: True``).
     """
     settings = Stage1Settings.from_config(config)
     texts = list(dataset.item_texts)
@@ -315,9 +316,11 @@ def semantic_item_embeddings(config, dataset) -> torch.Tensor:
     key = _cache_key(texts, initial, settings)
     folder = cache_dir(config, "said")
     table_file = folder / f"said_emb_{key}.npy"
+    stats_file = table_file.with_suffix(".json")
     if table_file.is_file():
         logger.info("SAID stage 1 skipped: item embeddings read from %s", table_file)
-        return torch.from_numpy(np.load(table_file))
+        stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.is_file() else {}
+        return torch.from_numpy(np.load(table_file)), {**stats, "cached": True}
     device = torch.device(config["device"])
     cuda_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):  # a cache hit and a miss leave the same RNG state
@@ -327,11 +330,11 @@ def semantic_item_embeddings(config, dataset) -> torch.Tensor:
         )
     save_array(table_file, table)
     stats_text = json.dumps({**stats, "settings": asdict(settings)}, indent=2)
-    atomic_write(table_file.with_suffix(".json"), lambda tmp: Path(tmp).write_text(stats_text, encoding="utf-8"))
+    atomic_write(stats_file, lambda tmp: Path(tmp).write_text(stats_text, encoding="utf-8"))
     _Checkpoint(folder / f"said_ckpt_{key}.pt").remove()
     logger.info("SAID stage 1: reconstruction loss %.4f -> %.4f; table cached at %s",
                 stats["loss_before"], stats["loss_after"], table_file)
-    return torch.from_numpy(table)
+    return torch.from_numpy(table), {**stats, "settings": asdict(settings), "cached": False}
 
 
 def _cache_key(texts: Sequence[str], initial: torch.Tensor, settings: Stage1Settings) -> str:

@@ -48,6 +48,7 @@ class TIGER(SequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         codes = dataset.item_semantic_ids
+        self.semantic_id_report = dataset.semantic_id_report
         level_sizes = [config["rqvae_codebook_size"]] * config["rqvae_levels"]
         level_sizes.append(int(codes[1:, -1].max()) + 1)
         self.vocabulary = SemanticIdVocabulary(tuple(level_sizes))
@@ -62,6 +63,10 @@ class TIGER(SequentialRecommender):
         if self.beam_size != config["beam_size"]:
             logger.info("beam_size raised to %d = max(topk)", self.beam_size)
         self.decode_batch_tokens = int(config["decode_batch_tokens"])
+
+    def preparation_report(self) -> dict:
+        """The tokenizer's report: collision rate before de-duplication, sizes."""
+        return {"semantic_ids": self.semantic_id_report}
 
     def _t5_config(self, config) -> T5Config:
         return T5Config(
