@@ -36,6 +36,7 @@ def test_benchmark_writes_json_markdown_and_chart(tmp_path, ml100k_slice, monkey
 def test_job_overrides_layer_profile_model_dataset_then_user_values():
     tiger = benchmark.job_overrides("cpu", "TIGER", "Office", {"epochs": 3})
     assert tiger["d_model"] == 64 and tiger["hidden_size"] == 64 and tiger["epochs"] == 3
+    assert benchmark.job_overrides("cpu", "TIGER", "Office", {})["epochs"] < benchmark.PROFILES["cpu"]["epochs"]
     assert tiger["MAX_ITEM_LIST_LENGTH"] == 20
     # Scientific's pre-split files hold histories of 50: every model must accept them
     assert benchmark.job_overrides("cpu", "TIGER", "Scientific", {})["MAX_ITEM_LIST_LENGTH"] == 50

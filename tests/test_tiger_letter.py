@@ -9,8 +9,8 @@ import torch
 
 from recbole_llm.config import Config
 from recbole_llm.model._generative import PrefixTrie, SemanticIdVocabulary, constrained_beam_search
-from recbole_llm.quantize.rqvae import RQVAEConfig, diversity_loss
-from recbole_llm.quantize.semantic_ids import TokenizerTrainer, TokenizerTraining, deduplicate
+from recbole_llm.quantize.rqvae import RQVAEConfig, ResidualQuantizer, diversity_loss
+from recbole_llm.quantize.semantic_ids import TokenizerTrainer, TokenizerTraining, deduplicate, standardized
 from recbole_llm.quick_start import _build, run_recbole_llm
 
 # A tiny tokenizer and generator: seconds on two CPU cores.
@@ -160,3 +160,24 @@ def test_end_to_end_run(genrec_config, model_name):
 def test_unknown_scoring_mode_is_rejected(genrec_config):
     with pytest.raises(ValueError, match="scoring"):
         _build(Config(model="TIGER", config_dict={**genrec_config, "scoring": "greedy"}))
+
+
+def test_dead_codes_restart_onto_residuals_so_every_code_is_used():
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(500, 4, generator=generator)
+    quantizer = ResidualQuantizer(n_levels=2, codebook_size=8, code_dim=4)
+    with torch.no_grad():
+        for codebook in quantizer.codebooks:  # one live code at the data, seven stranded far away
+            codebook.copy_(torch.full((8, 4), 100.0))
+            codebook[0] = 0.0
+    assert quantizer.restart_dead_codes(latents, generator) == 14
+    _, codes, _, _ = quantizer(latents)
+    assert len(codes[:, 0].unique()) == 8
+    assert quantizer.restart_dead_codes(latents, generator) < 14
+
+
+def test_standardized_embeddings_have_zero_mean_unit_variance():
+    embeddings = torch.nn.functional.normalize(torch.randn(300, 16) + 3.0, dim=1)
+    z = standardized(embeddings)
+    torch.testing.assert_close(z.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(16), atol=1e-4, rtol=0)

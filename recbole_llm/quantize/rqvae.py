@@ -46,9 +46,14 @@ class RQVAEConfig:
 
 
 def _mlp(sizes: Sequence[int], dropout: float) -> nn.Sequential:
+    """ReLU MLP with Xavier-normal weights: PyTorch's default init shrinks the activations through
+    six layers to a latent spread of ~1e-4, which the commitment term then collapses onto a few codes."""
     layers: List[nn.Module] = []
     for index, (size_in, size_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(size_in, size_out))
+        linear = nn.Linear(size_in, size_out)
+        nn.init.xavier_normal_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
         if index < len(sizes) - 2:
             layers.append(nn.ReLU())
             if dropout > 0:
@@ -73,6 +78,25 @@ class ResidualQuantizer(nn.Module):
             centroids = kmeans(residual, codebook.shape[0], generator=generator)
             codebook.copy_(centroids)
             residual = residual - centroids[torch.cdist(residual, centroids).argmin(dim=1)]
+
+    @torch.no_grad()
+    def restart_dead_codes(self, latents: torch.Tensor, generator: Optional[torch.Generator] = None) -> int:
+        """Move every code that no latent picks onto a random residual of its level; returns how many.
+
+        Without this the codebooks, initialised on the first (small) latents, are left behind as
+        the encoder's output spreads, and a few codes at the edge take every item.
+        """
+        residual = latents.detach()
+        restarted = 0
+        for codebook in self.codebooks:
+            usage = torch.bincount(torch.cdist(residual, codebook).argmin(dim=1), minlength=codebook.shape[0])
+            dead = (usage == 0).nonzero().squeeze(1)
+            if len(dead):
+                picks = torch.randint(len(residual), (len(dead),), generator=generator).to(residual.device)
+                codebook[dead] = residual[picks]
+                restarted += len(dead)
+            residual = residual - codebook[torch.cdist(residual, codebook).argmin(dim=1)]
+        return restarted
 
     def forward(self, latents: torch.Tensor, sinkhorn_epsilon: float = 0.0, sinkhorn_iters: int = 50):
         """(quantized [N, d] with straight-through gradient, codes [N, L], codebook+commit terms).

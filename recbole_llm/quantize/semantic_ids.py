@@ -154,6 +154,11 @@ class TokenizerTrainer:
         for epoch in self._progress(epochs):
             terms = self._train_epoch(embeddings, cf_embeddings)
             done = epoch + 1
+            if done < self.training.epochs:
+                self.model.eval()
+                with torch.no_grad():
+                    terms["restarted_codes"] = float(
+                        self.model.quantizer.restart_dead_codes(self.model.encoder(embeddings), self.generator))
             if done % self.training.log_step == 0 or done == self.training.epochs:
                 collision = deduplicate(self.model.codes(embeddings).cpu().numpy())[1]
                 logger.info(
@@ -230,7 +235,7 @@ def item_semantic_ids(dataset, config) -> Tuple[torch.Tensor, Dict[str, float]]:
     ``dataset`` must carry ``item_text_emb`` (a :class:`~recbole_llm.data.TextSeqDataset`).
     Returns the ids and the report (collision rate before de-duplication and sizes).
     """
-    text_emb = dataset.item_text_emb[1:].float()
+    text_emb = standardized(dataset.item_text_emb[1:].float())
     folder = cache_dir(config, "semantic_ids")
     with preserved_random_state():
         cf_emb = collaborative_embeddings(dataset, config) if config["rqvae_cf_weight"] > 0 else None
@@ -252,6 +257,12 @@ def item_semantic_ids(dataset, config) -> Tuple[torch.Tensor, Dict[str, float]]:
     save_array(ids_file, ids)
     atomic_write(report_file, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
     return _with_padding_row(ids), report
+
+
+def standardized(embeddings: torch.Tensor) -> torch.Tensor:
+    """Per-dimension z-scores over the items: sentence encoders give unit-norm vectors whose
+    coordinates are ~0.05, too small a reconstruction target for the RQ-VAE."""
+    return (embeddings - embeddings.mean(dim=0)) / embeddings.std(dim=0).clamp_min(1e-8)
 
 
 def _with_padding_row(ids: np.ndarray) -> torch.Tensor:
