@@ -50,7 +50,7 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["Office", "Scientific"])
-    parser.add_argument("--data_root", default=str(REPO / "dataset"))
+    parser.add_argument("--data_root", default="dataset", help="where converted datasets live (relative to the current folder)")
     parser.add_argument("--shared_data", default=str(REPO.parent / "shared" / "data"))
     parser.add_argument("--epochs", type=int, default=15, help="stage-2 epochs (both models)")
     parser.add_argument("--models", nargs="+", default=["SASRec", "SAID"], choices=["SASRec", "SAID"])
@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     command = "python benchmarks/said.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
-    out, data_root = Path(args.out), Path(args.data_root).resolve()
+    out, data_root = Path(args.out), Path(args.data_root)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     common = {"epochs": args.epochs, "seed": 2020, "show_progress": False, "data_path": str(data_root)}
     said = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.said_set)}

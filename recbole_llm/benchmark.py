@@ -265,7 +265,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     for item in args.set:
         key, _, value = item.partition("=")
         user_overrides[key] = yaml.safe_load(value)
-    data_root, out = Path(args.data_root).resolve(), Path(args.out)
+    data_root, out = Path(args.data_root), Path(args.out)
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     jobs = [(d, m) for d in args.datasets for m in args.models]
