@@ -48,7 +48,7 @@ MODEL_PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
     "cpu": {
         model: {"d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 256, "num_layers": 2,
                 "num_decoder_layers": 2, "train_batch_size": 256, "eval_batch_size": 256,
-                "rqvae_epochs": 100, "epochs": 6, "eval_step": 2, "stopping_step": 3}
+                "rqvae_epochs": 100, "epochs": 20, "eval_step": 2, "stopping_step": 3}
         for model in ("TIGER", "LETTER")
     },
     "default": {},

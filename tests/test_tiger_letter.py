@@ -181,3 +181,19 @@ def test_standardized_embeddings_have_zero_mean_unit_variance():
     z = standardized(embeddings)
     torch.testing.assert_close(z.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.std(0), torch.ones(16), atol=1e-4, rtol=0)
+
+
+def test_encoder_reads_the_latest_history_items(genrec_config):
+    config = Config(model="TIGER", config_dict={**genrec_config, "history_items": 2})
+    _, (train_data, _, _), model = _build(config)
+    batch = next(iter(train_data))
+    items, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
+    tokens, mask = model.encoder_inputs(batch)
+    n_tokens = model.item_tokens.shape[1]
+    assert tokens.shape[1] == 2 * n_tokens and torch.equal(mask, tokens != 0)
+    for row in range(len(items)):
+        length = int(lengths[row])
+        latest = items[row, max(0, length - 2):length]
+        expected = model.item_tokens[latest].reshape(-1)
+        assert torch.equal(tokens[row, : len(expected)], expected)
+        assert not mask[row, len(expected):].any()

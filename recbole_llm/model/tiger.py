@@ -6,9 +6,9 @@ Reference:
 
 Each item is a tuple of codes (RQ-VAE levels + one de-duplication level, see
 :mod:`recbole_llm.quantize.semantic_ids`). The encoder reads the flattened codes of the last
-``MAX_ITEM_LIST_LENGTH`` items; the decoder generates the next item's codes. Ranking: a
-constrained beam search over the trie of valid ids (``scoring: beam``; the beam log-likelihoods
-are scattered into a -inf matrix) or the exact teacher-forced log-likelihood of every item
+``history_items`` items (at most ``MAX_ITEM_LIST_LENGTH``); the decoder generates the next item's
+codes. Ranking: a constrained beam search over the trie of valid ids (``scoring: beam``; the beam
+log-likelihoods are scattered into a -inf matrix) or the exact teacher-forced log-likelihood of every item
 (``scoring: exact``). ``predict`` returns the candidate's teacher-forced log-likelihood.
 """
 from __future__ import annotations
@@ -63,6 +63,10 @@ class TIGER(SequentialRecommender):
         if self.beam_size != config["beam_size"]:
             logger.info("beam_size raised to %d = max(topk)", self.beam_size)
         self.decode_batch_tokens = int(config["decode_batch_tokens"])
+        history_items = config["history_items"]
+        self.history_items = self.max_seq_length if history_items is None else int(history_items)
+        if self.history_items < 1:
+            raise ValueError(f"history_items must be a positive integer or ~, got {history_items!r}")
 
     def preparation_report(self) -> dict:
         """The tokenizer's report: collision rate before de-duplication, sizes."""
@@ -86,9 +90,19 @@ class TIGER(SequentialRecommender):
 
     # ------------------------------------------------------------------ inputs and training
     def encoder_inputs(self, interaction):
-        """Flattened history tokens [B, L*T] and their attention mask."""
-        history = self.item_tokens[interaction[self.ITEM_SEQ]]
-        tokens = history.reshape(history.shape[0], -1)
+        """Flattened tokens [B, n*T] of each user's latest ``history_items`` items, and their mask.
+
+        RecBole stores a history oldest first with padding after it, so the window is gathered
+        from each row's length; the batch is cut to its longest window (less padding to encode).
+        """
+        items, lengths = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        window = min(self.history_items, items.shape[1])
+        start = (lengths - window).clamp(min=0)
+        positions = start.unsqueeze(1) + torch.arange(window, device=items.device)
+        recent = items.gather(1, positions.clamp(max=items.shape[1] - 1))
+        recent = recent.masked_fill(positions >= lengths.unsqueeze(1), 0)
+        recent = recent[:, : max(1, int(lengths.clamp(max=window).max()))]
+        tokens = self.item_tokens[recent].reshape(len(recent), -1)
         return tokens, tokens != PAD_TOKEN
 
     def calculate_loss(self, interaction) -> torch.Tensor:
