@@ -222,6 +222,22 @@ def merge_rows(previous_file: Path, rows: List[Dict[str, Any]], profile: str) ->
     return [row for row in previous["rows"] if row["model"] not in fresh] + rows
 
 
+def profile_description(profile: str) -> str:
+    """One Markdown line stating the sizes a profile trains with (per model and dataset too)."""
+    def settings(values: Dict[str, Any]) -> str:
+        return ", ".join(f"{key}={value}" for key, value in values.items())
+
+    if not PROFILES[profile]:
+        return f"Profile `{profile}`: every model's own yaml settings."
+    parts = [f"Profile `{profile}`: {settings(PROFILES[profile])}"]
+    by_settings: Dict[str, List[str]] = {}
+    for model, values in MODEL_PROFILES[profile].items():
+        by_settings.setdefault(settings(values), []).append(model)
+    parts += [f"{', '.join(models)}: {text}" for text, models in by_settings.items()]
+    parts += [f"{dataset}: {settings(values)}" for dataset, values in DATASET_PROFILES.items()]
+    return "; ".join(parts) + ". Each row's exact command is in the JSON file."
+
+
 def write_outputs(rows: List[Dict[str, Any]], dataset: str, out: Path, meta: Dict[str, Any]) -> None:
     """Write (merging with an earlier run of the same profile) the JSON, Markdown and PNG files."""
     from recbole_llm.utils import atomic_write
@@ -231,7 +247,8 @@ def write_outputs(rows: List[Dict[str, Any]], dataset: str, out: Path, meta: Dic
     payload = json.dumps({**meta, "rows": rows}, indent=2)
     atomic_write(out / f"{dataset}.json", lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
     commands = sorted({row.get("benchmark_command", meta["benchmark_command"]) for row in rows})
-    table = f"### {dataset}\n\n" + "".join(f"`{c}`\n\n" for c in commands) + markdown_table(rows)
+    table = (f"### {dataset}\n\n" + "".join(f"`{c}`\n\n" for c in commands)
+             + profile_description(meta["profile"]) + "\n\n" + markdown_table(rows))
     atomic_write(out / f"{dataset}.md", lambda tmp: Path(tmp).write_text(table, encoding="utf-8"))
     bar_chart(rows, dataset, out / f"{dataset}.png")
 

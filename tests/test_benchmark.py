@@ -29,7 +29,9 @@ def test_benchmark_writes_json_markdown_and_chart(tmp_path, ml100k_slice, monkey
     assert len(rows) == 1 and rows[0]["model"] == "SASRec (tiny)"
     assert 0 <= rows[0]["ndcg@10"] <= 1 and rows[0]["epochs"] == 1
     assert "--model=SASRec" in rows[0]["command"] and rows[0]["versions"]["recbole"] == "1.2.1"
-    assert "| SASRec (tiny) |" in (out / f"{name}.md").read_text(encoding="utf-8")
+    table = (out / f"{name}.md").read_text(encoding="utf-8")
+    assert "| SASRec (tiny) |" in table
+    assert "Profile `cpu`: hidden_size=64" in table and "TIGER, LETTER: d_model=64" in table
     assert (out / f"{name}.png").stat().st_size > 1000
 
 
