@@ -43,12 +43,14 @@ PROFILES: Dict[str, Dict[str, Any]] = {
 
 # Per-model additions to a profile: the generative models size their T5 with their own keys, an
 # epoch of theirs costs several of SASRec's on a CPU, and each validation pass runs a beam search
-# over every user, so they train fewer epochs and validate less often.
+# over every user, so they train fewer epochs and validate less often, at a higher learning rate
+# (Office, epoch 2: valid NDCG@10 0.0058 at 0.005 against 0.0028 at the yaml's 0.001).
 MODEL_PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
     "cpu": {
         model: {"d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 256, "num_layers": 2,
                 "num_decoder_layers": 2, "train_batch_size": 256, "eval_batch_size": 256,
-                "rqvae_epochs": 100, "epochs": 20, "eval_step": 2, "stopping_step": 3}
+                "rqvae_epochs": 100, "epochs": 20, "eval_step": 2, "stopping_step": 3,
+                "learning_rate": 0.005}
         for model in ("TIGER", "LETTER")
     },
     "default": {},
