@@ -16,6 +16,7 @@ import os
 import platform
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -317,4 +318,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 if __name__ == "__main__":
+    # A terminated table run must not leave its job running: SIGTERM becomes SystemExit, on which
+    # subprocess.run kills the job before re-raising.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     main()

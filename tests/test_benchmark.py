@@ -2,7 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import pytest
 import yaml
 
 from recbole_llm import benchmark
@@ -45,3 +52,27 @@ def test_job_overrides_layer_profile_model_dataset_then_user_values():
     assert benchmark.job_overrides("cpu", "SASRec", "Scientific", {"MAX_ITEM_LIST_LENGTH": 60})["MAX_ITEM_LIST_LENGTH"] == 60
     assert "d_model" not in benchmark.job_overrides("cpu", "SASRec", "Office", {})
     assert benchmark.job_overrides("default", "TIGER", "Office", {}) == {}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc")
+def test_terminated_table_run_takes_its_job_down(tmp_path):
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "recbole_llm.benchmark", "--models", "SASRec", "--out", str(tmp_path),
+         "--set", "epochs=100", f"checkpoint_dir={tmp_path / 'saved'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    children_file = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    deadline = time.time() + 120
+    children: list = []
+    while not children and time.time() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+        children = children_file.read_text().split() if children_file.exists() else []
+    assert children, "the table run never started its job"
+    parent.terminate()
+    assert parent.wait(timeout=60) != 0
+    job = Path(f"/proc/{children[0]}")
+    try:
+        assert not job.exists() or (job / "stat").read_text().split()[2] == "Z"
+    finally:
+        if job.exists():
+            os.kill(int(children[0]), signal.SIGKILL)
