@@ -24,10 +24,18 @@ hyperopt_generator
     exhaustive search hands it a legacy ``RandomState`` ("'RandomState' object has no attribute
     'integers'"). RecBole's tuning module gets a numpy whose ``random.RandomState(seed)`` is
     ``default_rng(seed)``. The pinned hyperopt 0.2.5 needs no patch.
+autograd_anomaly
+    RecBole's ``model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
+    at import, and importing any built-in sequential model (``get_model("SASRec")``) imports it:
+    from then on every operation records a Python stack and every backward pass scans for NaNs,
+    which made a T5 epoch 1.6x slower (Office, one thread: 152 s against 93 s). The package is
+    imported here and anomaly detection switched back off unless it was on before. Turn it on
+    after ``import recbole_llm`` to debug.
 """
 from __future__ import annotations
 
 import inspect
+import sys
 import types
 from typing import Dict
 
@@ -147,6 +155,18 @@ def patch_hyperopt_generator(force: bool = False) -> bool:
     return True
 
 
+def disable_recbole_anomaly_detection() -> bool:
+    """Undo the process-wide autograd anomaly mode that importing RecBole's SINE turns on."""
+    sine = "recbole.model.sequential_recommender.sine"
+    enabled_before = torch.is_anomaly_enabled() and sine not in sys.modules
+    import recbole.model.sequential_recommender  # noqa: F401  (imports sine.py)
+
+    if torch.is_anomaly_enabled() and not enabled_before:
+        torch.autograd.set_detect_anomaly(False)
+        return True
+    return False
+
+
 def check_pandas() -> None:
     """RecBole 1.2.1 silently corrupts token_seq fields under pandas 3 (copy-on-write)."""
     import pandas
@@ -169,4 +189,5 @@ def apply() -> Dict[str, bool]:
         _applied["checkpoint_loading"] = patch_checkpoint_loading()
         _applied["cpu_ddp"] = patch_cpu_ddp()
         _applied["hyperopt_generator"] = patch_hyperopt_generator()
+        _applied["autograd_anomaly"] = disable_recbole_anomaly_detection()
     return dict(_applied)

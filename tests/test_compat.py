@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import pickle
 import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -94,3 +96,17 @@ def test_hyperopt_generator_patch(monkeypatch):
     monkeypatch.setattr(compat, "_hyperopt_wants_generator", lambda: False)
     monkeypatch.setattr(tuning_module, "np", np)
     assert compat.patch_hyperopt_generator() is False and tuning_module.np is np
+
+
+def _anomaly_mode_after(code: str) -> bool:
+    result = subprocess.run([sys.executable, "-c", f"import torch\n{code}\nprint(torch.is_anomaly_enabled())"],
+                            capture_output=True, text=True, check=True)
+    return result.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_recbole_sequential_models_leave_autograd_anomaly_mode_off():
+    # RecBole alone: importing its sequential models (SINE) turns anomaly detection on globally
+    assert _anomaly_mode_after("import recbole.model.sequential_recommender")
+    assert not _anomaly_mode_after("import recbole_llm\nfrom recbole.utils import get_model\nget_model('SINE')")
+    # a user who turned it on before importing recbole_llm keeps it
+    assert _anomaly_mode_after("torch.autograd.set_detect_anomaly(True)\nimport recbole_llm")
