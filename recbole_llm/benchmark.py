@@ -33,7 +33,7 @@ PROFILES: Dict[str, Dict[str, Any]] = {
         "inner_size": 128,
         "n_layers": 2,
         "n_heads": 2,
-        "MAX_ITEM_LIST_LENGTH": 20,  # TIGER's and LETTER's history length; see DATASET_PROFILES
+        "MAX_ITEM_LIST_LENGTH": 20,  # stored history per sequence; see DATASET_PROFILES
         "epochs": 30,
         "stopping_step": 5,
         "train_batch_size": 1024,

@@ -8,8 +8,9 @@ Each item is a tuple of codes (RQ-VAE levels + one de-duplication level, see
 :mod:`recbole_llm.quantize.semantic_ids`). The encoder reads the flattened codes of the last
 ``history_items`` items (at most ``MAX_ITEM_LIST_LENGTH``); the decoder generates the next item's
 codes. Ranking: a constrained beam search over the trie of valid ids (``scoring: beam``; the beam
-log-likelihoods are scattered into a -inf matrix) or the exact teacher-forced log-likelihood of every item
-(``scoring: exact``). ``predict`` returns the candidate's teacher-forced log-likelihood.
+log-likelihoods are scattered into a -inf matrix) or the exact teacher-forced log-likelihood of
+every item (``scoring: exact``). ``predict`` returns the candidate's teacher-forced
+log-likelihood.
 """
 from __future__ import annotations
 
