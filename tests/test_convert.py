@@ -225,7 +225,7 @@ def test_malformed_lines_are_skipped_and_reported(tmp_path, capsys):
 def test_strict_fails_on_malformed_line(tmp_path, capsys):
     inputs = fx.write_amazon2023(tmp_path / "raw", malformed=True)
     out = tmp_path / "toy"
-    assert cli_main(["amazon2023", "--input", *map(str, inputs), "--output", str(out), "--strict"]) == 1
+    assert cli_main(["amazon2023", "--input", *map(str, inputs), "--output", str(out), "--strict"]) == 2
     assert "line 4" in capsys.readouterr().err
     assert not out.exists()
     assert not list(tmp_path.glob(".toy*"))  # no half-written folder either
@@ -263,7 +263,7 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
     (out / "stale.txt").write_text("old")
     with pytest.raises(ConversionError, match="--overwrite"):
         convert("lcrec", inputs, out)
-    assert cli_main(["lcrec", "--input", str(inputs[0]), "--output", str(out)]) == 1
+    assert cli_main(["lcrec", "--input", str(inputs[0]), "--output", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     convert("lcrec", inputs, out, overwrite=True)
     assert not (out / "stale.txt").exists() and (out / "toy.inter").is_file()
@@ -294,7 +294,7 @@ def test_cli_module_entry_point(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "12 users, 10 items" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == [
-        "toy.item", "toy.test.inter", "toy.train.inter", "toy.valid.inter", "toy.yaml"]
+        ".recbole_llm_dataset.json", "toy.item", "toy.test.inter", "toy.train.inter", "toy.valid.inter", "toy.yaml"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import yaml
 from recbole.data import data_preparation
 
 from recbole_llm.config import Config
-from recbole_llm.convert import amazon_search, kuaisar
+from recbole_llm.convert import amazon_search, convert
 from recbole_llm.data.search_dataset import (
     CANDIDATES, HISTORY_ITEM, HISTORY_KIND, HISTORY_SESSION, POSITIVE_INDEX, REC, SEARCH, TARGET_KIND,
     TARGET_SESSION, sampled_candidates,
@@ -54,7 +54,7 @@ def search_data(ml100k_slice, tmp_path) -> dict:
     (folder / "ml-small.inter").write_text("\n".join([lines[0]] + rows) + "\n", encoding="utf-8")
     (folder / "ml-small.item").write_text((source / f"{source.name}.item").read_text(encoding="utf-8"), encoding="utf-8")
     output = tmp_path / "dataset" / "MLSearch"
-    amazon_search.convert(folder, output, search_ratio=0.5, category_field="class", title_field="movie_title")
+    convert("amazon_search", [folder], output, search_ratio=0.5, category_field="class", title_field="movie_title")
     return {"config_file": str(output / "MLSearch.yaml"), "folder": output,
             "config_dict": {**TINY, "checkpoint_dir": ml100k_slice["checkpoint_dir"]}}
 
@@ -82,7 +82,7 @@ def test_amazon_search_on_lcrec_json_is_labelled_semi_synthetic(tmp_path):
         "2": {"title": "Mystery", "categories": "Office Products"},
     }
     (source / "Toy.item.json").write_text(json.dumps(items))
-    out = amazon_search.convert(source, tmp_path / "out" / "ToySearch", search_ratio=1.0)
+    out = convert("amazon_search", [source], tmp_path / "out" / "ToySearch", search_ratio=1.0).path
     text = (out / "ToySearch.yaml").read_text()
     assert text.startswith("# SEMI-SYNTHETIC") and yaml.safe_load(text)["semi_synthetic"] is True
     with open(out / "ToySearch.inter", encoding="utf-8") as f:
@@ -112,7 +112,7 @@ def test_kuaisar_converter(tmp_path):
         '7,s2,t,3500000,"[5]",USER_INPUT,300,1,USER\n'
     )
     (source / "item_features.csv").write_text('item_id,caption\n100,"[20, 7]"\n200,"[]"\n')
-    out = kuaisar.convert(source, tmp_path / "out" / "Kuai", min_user_events=1)
+    out = convert("kuaisar", [source], tmp_path / "out" / "Kuai", min_user_events=1).path
     with open(out / "Kuai.inter", encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t"))[1:]
     assert rows == [
