@@ -367,3 +367,39 @@ def test_office_rechorus_matches_upstream(tmp_path, clean_argv):
     for ours, file in zip(_recbole_targets("Office", tmp_path), ("dev.csv", "test.csv")):
         upstream = pd.read_csv(source / file, sep="\t", dtype=str)
         assert ours == dict(zip(upstream["user_id"], upstream["item_id"].map(asin)))
+
+
+# --------------------------------------------------------------------------------------------
+# The multi-domain merge reads each source as RecBole does
+
+
+def test_multi_domain_merge_matches_recbole_loading(tmp_path, clean_argv):
+    from recbole_llm import create_dataset
+    from recbole_llm.text.assemble import assemble_item_texts
+
+    data = tmp_path / "data"
+    convert("amazon2023", fx.write_amazon2023(tmp_path / "raw23"), data / "Raw")
+    convert("unisrec", fx.write_unisrec(tmp_path / "rawuni"), data / "Split")
+    result = convert("multi_domain", [data / "Raw", data / "Split"], data / "Mixed")
+    inter = read_atomic(data / "Mixed" / "Mixed.inter")
+    items = read_atomic(data / "Mixed" / "Mixed.item").fillna("")
+    merged_text = dict(zip(items["item_id"], items["text"]))
+    assert result.n_interactions == len(inter)
+    for name in ("Raw", "Split"):
+        config = recbole_config(name, data)
+        dataset = create_dataset(config)
+        tokens = dataset.field2id_token[dataset.iid_field]
+        texts = assemble_item_texts(dataset, config["text_fields"])
+        assert {f"{name}/{t}": x for t, x in zip(tokens[1:], texts[1:])} == {
+            k: v for k, v in merged_text.items() if k.startswith(f"{name}/")}
+        if name == "Raw":  # plain files: every interaction, each user's in time order
+            frame = dataset.inter_feat
+            user_ids, item_ids = np.asarray(frame[dataset.uid_field]), np.asarray(frame[dataset.iid_field])
+            order = np.lexsort((np.asarray(frame[dataset.time_field]), user_ids))
+            users = dataset.field2id_token[dataset.uid_field]
+            expected = {}
+            for row in order:
+                expected.setdefault(f"{name}/{users[user_ids[row]]}", []).append(f"{name}/{tokens[item_ids[row]]}")
+            mine = inter[inter["user_id"].str.startswith(f"{name}/")]
+            got = {user: list(group["item_id"]) for user, group in mine.groupby("user_id", sort=False)}
+            assert got == expected
