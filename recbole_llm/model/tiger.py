@@ -42,8 +42,6 @@ SCORING_MODES = ("beam", "exact")
 class TIGER(SequentialRecommender):
     """Semantic-id generative recommender (RecBole sequential model)."""
 
-    single_process_reason = "its RQ-VAE tokenizer trains in one process and beam-search evaluation is not sharded"
-
     dataset_class = SemanticIdDataset
 
     def __init__(self, config, dataset):
