@@ -272,6 +272,20 @@ def test_bytes_that_are_not_utf8_are_counted_and_fail_under_strict(tmp_path):
         convert("amazon2023", inputs, tmp_path / "strict", strict=True)
 
 
+def test_bytes_that_are_not_utf8_in_a_json_document_name_their_line(tmp_path):
+    raw = tmp_path / "raw"
+    fx.write_lcrec(raw)
+    text = (raw / "Toy.item.json").read_bytes()
+    assert text.count(b"Stapler &amp; staples 3") == 1
+    (raw / "Toy.item.json").write_bytes(text.replace(b"Stapler &amp; staples 3", b"Stapler \xe9 staples 3"))
+    line = text[: text.index(b"Stapler &amp; staples 3")].count(b"\n") + 1
+    result = convert("lcrec", [raw], tmp_path / "toy")
+    assert any(f"Toy.item.json: 1 line(s) held bytes that are not valid utf-8, replaced by U+FFFD (line {line})" in note
+               for note in result.notes)
+    with pytest.raises(ConversionError, match=f"Toy.item.json, line {line}: bytes that are not valid utf-8"):
+        convert("lcrec", [raw], tmp_path / "strict", strict=True)
+
+
 def test_rechorus_eval_rows_without_training_history_are_dropped_and_reported(tmp_path):
     raw = tmp_path / "raw"
     inputs = fx.write_rechorus(raw)

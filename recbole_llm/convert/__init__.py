@@ -51,6 +51,8 @@ def convert(
     Options are given as an :class:`Options` or as its fields, e.g. ``kcore=10, overwrite=True``.
     """
     module = format_module(fmt)
+    if options is not None and option_values:
+        raise ConversionError("pass the options either as an Options or as keyword arguments, not both")
     if options is None:
         known = {f.name for f in dataclasses.fields(Options)}
         unknown = sorted(set(option_values) - known)

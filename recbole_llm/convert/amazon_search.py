@@ -20,14 +20,14 @@ Usage: ``python -m recbole_llm.convert amazon_search --input ../shared/data/amaz
 from __future__ import annotations
 
 import html
-import json
 import re
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from recbole_llm.convert.core import ConversionError, ConversionResult, Options, open_text, read_atomic_file
+from recbole_llm.convert.core import ConversionError, ConversionResult, Options, read_atomic_file
+from recbole_llm.convert.lcrec import load_json
 from recbole_llm.convert.search import write_search_dataset
 
 FORMAT = "amazon_search"
@@ -75,23 +75,13 @@ def _drop_shared_root(paths: Dict[str, List[List[str]]]) -> Dict[str, List[List[
     return {item: [path[1:] for path in item_paths if len(path) > 1] for item, item_paths in paths.items()}
 
 
-def _load_json(path: Path):
-    with open_text(path) as handle:
-        try:
-            return json.loads(handle.read())
-        except RecursionError:
-            raise ConversionError(f"{path}: nested too deeply (not a LC-Rec json file)") from None
-        except json.JSONDecodeError as err:
-            raise ConversionError(f"{path}, line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})") from None
-
-
 def _read_lcrec(folder: Path) -> Tuple[List[Tuple[str, str, float]], Dict[str, dict]]:
     inter_files = sorted(folder.glob("*.inter.json"))
     item_files = sorted(folder.glob("*.item.json"))
     if not inter_files or not item_files:
         raise ConversionError(f"{folder} holds no <Name>.inter.json / <Name>.item.json pair")
-    sequences = _load_json(inter_files[0])
-    items = _load_json(item_files[0])
+    sequences = load_json(inter_files[0])
+    items = load_json(item_files[0])
     if not isinstance(sequences, dict) or not isinstance(items, dict):
         raise ConversionError(f"{folder}: expected objects {{user: [item, ...]}} and {{item: {{title, categories}}}}")
     interactions = [
@@ -99,6 +89,9 @@ def _read_lcrec(folder: Path) -> Tuple[List[Tuple[str, str, float]], Dict[str, d
         for user in sorted(sequences, key=lambda u: (len(u), u))
         for position, item in enumerate(sequences[user])
     ]
+    bad = [k for k, v in items.items() if not isinstance(v, dict)]
+    if bad:
+        raise ConversionError(f"{item_files[0]}: item {bad[0]!r}: expected an object with title and categories")
     meta = {str(k): {"title": v.get("title") or "", "categories": v.get("categories")} for k, v in items.items()}
     return interactions, meta
 

@@ -259,9 +259,15 @@ class TextFile:
         text = self.handle.read()
         if text.isascii() or not _ESCAPED_BYTE.search(text):
             return text
-        if self.strict:
-            raise ConversionError(f"{self.path}: bytes that are not valid {self.handle.encoding}")
-        self.bad_lines.count += len(_ESCAPED_BYTE.findall(text))
+        start, lineno, previous = 0, self.lineno + 1, None
+        for match in _ESCAPED_BYTE.finditer(text):
+            lineno += text.count("\n", start, match.start())
+            start = match.start()
+            if self.strict:
+                raise ConversionError(f"{self.path}, line {lineno}: bytes that are not valid {self.handle.encoding}")
+            if lineno != previous:
+                self.bad_lines.add(lineno)
+                previous = lineno
         return _ESCAPED_BYTE.sub("\ufffd", text)
 
 

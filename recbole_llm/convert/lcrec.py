@@ -36,6 +36,8 @@ def load_json(path: Path) -> Any:
     with open_text(path) as handle:
         try:
             return json.load(handle)
+        except RecursionError:
+            raise ConversionError(f"{path}: nested deeper than the JSON parser allows (not a file of this format)") from None
         except json.JSONDecodeError as err:
             raise ConversionError(f"{path}, line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})") from None
 
