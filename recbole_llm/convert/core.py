@@ -646,8 +646,11 @@ def _refuse_unsafe(output: Path) -> Path:
     if raw.name in ("", ".", ".."):
         raise ConversionError(f"--output {str(output)!r} must name a new dataset folder, e.g. dataset/<name>")
     resolved = raw.resolve()
-    protected = {"the filesystem root": Path(resolved.anchor), "your home folder": Path.home().resolve(),
-                 "the current folder": Path.cwd().resolve()}
+    protected = {"the filesystem root": Path(resolved.anchor), "the current folder": Path.cwd().resolve()}
+    try:
+        protected["your home folder"] = Path.home().resolve()
+    except RuntimeError:  # no home folder known: nothing to protect there
+        pass
     for what, folder in protected.items():
         if resolved == folder or resolved in folder.parents:
             relation = "is" if resolved == folder else "contains"
