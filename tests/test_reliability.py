@@ -187,36 +187,42 @@ def test_damaged_gzip_names_the_file(tmp_path, how):
     assert siblings(tmp_path / "toy") == ["raw"]
 
 
-SLOW_WRITE = """
+SLOW = """
 import sys, time, pathlib
-from recbole_llm.convert import core
+from recbole_llm.convert import core, lcrec
 from recbole_llm.convert.__main__ import main
-write = core.write_atomic_file
-def slow(path, frame, types):
-    write(path, frame, types)
+module, name = (core, "write_atomic_file") if sys.argv[2] == "write" else (lcrec, "load_json")
+work = getattr(module, name)
+def slow(*args):
+    value = work(*args)
     pathlib.Path(sys.argv[1]).touch()
     time.sleep(120)
-core.write_atomic_file = slow
-sys.exit(main(sys.argv[2:]))
+    return value
+setattr(module, name, slow)
+sys.exit(main(sys.argv[3:]))
 """
 
 
-def _start_slow_conversion(tmp_path: Path) -> tuple:
+def _start_slow_conversion(tmp_path: Path, phase: str = "write") -> tuple:
+    """A conversion paused while it writes (a partial folder exists) or while it reads."""
     inputs = fx.write_lcrec(tmp_path / "raw")
+    (tmp_path / "data").mkdir()
     ready = tmp_path / "ready"
     args = ["lcrec", "--input", str(inputs[0]), "--output", str(tmp_path / "data" / "toy")]
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, str(ready), *args], env=ENV,
+    proc = subprocess.Popen([sys.executable, "-c", SLOW, str(ready), phase, *args], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not ready.exists():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
         time.sleep(0.1)
-    assert [p.name for p in (tmp_path / "data").iterdir() if p.name.startswith(".toy.partial-")]
+    partial = [p.name for p in (tmp_path / "data").iterdir() if p.name.startswith(".toy.partial-")]
+    assert len(partial) == (phase == "write")
     return proc, inputs
 
 
-def test_sigterm_removes_the_partial_folder(tmp_path):
-    proc, _ = _start_slow_conversion(tmp_path)
+@pytest.mark.parametrize("phase", ["read", "write"])
+def test_sigterm_is_handled_like_ctrl_c(tmp_path, phase):
+    proc, _ = _start_slow_conversion(tmp_path, phase)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err

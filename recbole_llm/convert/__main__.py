@@ -11,7 +11,7 @@ import sys
 from typing import List, Optional
 
 from recbole_llm.convert import FORMATS, convert, format_module
-from recbole_llm.convert.core import ConversionError, Options
+from recbole_llm.convert.core import ConversionError, Options, sigterm_interrupts
 
 #: Exit status of a user error (as argparse uses for bad arguments).
 USER_ERROR = 2
@@ -53,7 +53,8 @@ def options_from(args: argparse.Namespace) -> Options:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        result = convert(args.format, args.input, args.output, options_from(args))
+        with sigterm_interrupts():
+            result = convert(args.format, args.input, args.output, options_from(args))
     except (ConversionError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return USER_ERROR

@@ -727,6 +727,22 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
 
 
 @contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Interrupted`, so cleanup runs as on Ctrl-C.
+
+    Signal handlers belong to the main thread: elsewhere the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def _signals_blocked() -> Iterator[None]:
     """Defer SIGINT/SIGTERM for a few file-system calls that must not be cut in half."""
     signals = {signal.SIGINT, signal.SIGTERM}
@@ -753,15 +769,15 @@ class OutputFolder:
         _check_free(self.output, overwrite)
         self.tmp: Optional[Path] = None
         self.written: List[str] = []
-        self._previous_handler: Any = None
+        self._sigterm: Any = None
 
     def _sibling(self, kind: str) -> Path:
         return self.output.parent / f".{self.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
     def __enter__(self) -> "OutputFolder":
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        if threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGTERM, _raise_interrupted)
+        self._sigterm = sigterm_interrupts()
+        self._sigterm.__enter__()
         self.tmp = self._sibling("partial")
         self.tmp.mkdir()
         return self
@@ -780,8 +796,7 @@ class OutputFolder:
             if exc_type is None:
                 self._publish()
         finally:
-            if self._previous_handler is not None:
-                signal.signal(signal.SIGTERM, self._previous_handler)
+            self._sigterm.__exit__(None, None, None)
             if self.tmp.exists():
                 with _signals_blocked():
                     shutil.rmtree(self.tmp, ignore_errors=True)
