@@ -28,6 +28,7 @@ import threading
 import zlib
 from array import array
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -242,17 +243,17 @@ class TextFile:
         return _ESCAPED_BYTE.sub("\ufffd", text)
 
     def readline(self) -> str:
-        line = self.handle.readline(MAX_LINE_CHARS + 1)
-        if not line:
-            return line
-        self.lineno += 1
-        if len(line) > MAX_LINE_CHARS:
-            raise ConversionError(f"{self.path}, line {self.lineno}: longer than {MAX_LINE_CHARS} characters "
-                                  "(not a record of this format)")
-        return self._decoded(line, self.lineno)
+        """The next line ("" at the end)."""
+        return next(iter(self), "")
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.readline, "")
+        limit = MAX_LINE_CHARS
+        for lineno, line in enumerate(iter(partial(self.handle.readline, limit + 1), ""), self.lineno + 1):
+            self.lineno = lineno
+            if len(line) > limit:
+                raise ConversionError(f"{self.path}, line {lineno}: longer than {limit} characters "
+                                      "(not a record of this format)")
+            yield line if line.isascii() else self._decoded(line, lineno)
 
     def read(self) -> str:
         """The whole remaining text (one JSON document, for instance)."""
@@ -319,46 +320,46 @@ def iter_records(
     2014 meta dumps) with :func:`ast.literal_eval`, never ``eval``. A line that parses to
     nothing usable is counted in ``bad``, or raises with ``strict``.
     """
+    loads = json.loads
     with open_text(path) as handle:
         for lineno, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            record = _parse_record(line, python_literals, f"{path}, line {lineno}")
+            try:
+                record = loads(line)
+            except RecursionError:
+                raise _too_deep(path, lineno) from None
+            except ValueError:
+                record = _literal_or_none(line, path, lineno) if python_literals else None
             if not isinstance(record, dict):
                 if strict:
                     raise ConversionError(f"{path}, line {lineno}: malformed record (not a JSON object)")
                 bad.add(lineno)
                 continue
+            if line.count("[") + line.count("{") > MAX_NESTING or python_literals and line.count("(") > MAX_NESTING:
+                check_nesting(record, f"{path}, line {lineno}")  # only then can it be that deep
             yield lineno, record
 
 
-def _parse_record(line: str, python_literals: bool, where: str) -> Any:
-    """A JSON value, else (``python_literals``) a Python literal, else None when the line is neither.
+def _too_deep(path: Path, lineno: int) -> ConversionError:
+    return ConversionError(f"{path}, line {lineno}: nested deeper than {MAX_NESTING} levels (not a record of this format)")
 
-    Python literals go through :func:`ast.literal_eval`, never ``eval``. A line nested deeper than
-    :data:`MAX_NESTING` levels (or than a parser allows) raises, whatever ``strict`` says.
+
+def _literal_or_none(line: str, path: Path, lineno: int) -> Any:
+    """A Python literal (:func:`ast.literal_eval`, never ``eval``), or None when the line is not one.
+
+    A line nested deeper than the parser allows raises, whatever ``strict`` says.
     """
-    too_deep = ConversionError(f"{where}: nested deeper than {MAX_NESTING} levels (not a record of this format)")
     try:
-        record = json.loads(line)
-    except RecursionError:
-        raise too_deep from None
-    except ValueError:
-        if not python_literals:
-            return None
-        try:
-            record = ast.literal_eval(line.strip())
-        except (MemoryError, RecursionError):
-            raise too_deep from None
-        except SyntaxError as err:
-            if "too many nested" in str(err):
-                raise too_deep from None
-            return None
-        except (ValueError, TypeError):
-            return None
-    if line.count("[") + line.count("{") + line.count("(") > MAX_NESTING:  # only then can it be that deep
-        check_nesting(record, where)
-    return record
+        return ast.literal_eval(line.strip())
+    except (MemoryError, RecursionError):
+        raise _too_deep(path, lineno) from None
+    except SyntaxError as err:
+        if "too many nested" in str(err):
+            raise _too_deep(path, lineno) from None
+        return None
+    except (ValueError, TypeError):
+        return None
 
 
 def required(record: dict, key: str, path: Path, lineno: int) -> Any:
