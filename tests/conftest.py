@@ -128,3 +128,34 @@ def tiny_lm(tmp_path_factory) -> str:
     LlamaForCausalLM(config).save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return str(folder)
+
+
+# Tiny UniSAR sizes (tests/test_unisar.py, tests/test_ray_families.py)
+TINY_UNISAR = {
+    "hidden_size": 16, "inner_size": 32, "n_heads": 2, "n_layers": 1, "history_length": 4, "expert_size": 16,
+    "tower_sizes": [16], "n_shared_experts": 2, "n_task_experts": 2, "epochs": 1, "train_batch_size": 64,
+    "eval_batch_size": 64, "show_progress": False, "state": "ERROR", "seed": 2020,
+}
+
+
+@pytest.fixture
+def search_data(ml100k_slice, tmp_path) -> dict:
+    """The ml-100k slice (40 users, 15 ratings each) made semi-synthetic search data by genre."""
+    from recbole_llm.convert import convert
+
+    source = Path(ml100k_slice["data_path"]) / ml100k_slice["dataset"]
+    folder = tmp_path / "raw" / "ml-small"
+    folder.mkdir(parents=True)
+    lines = (source / f"{source.name}.inter").read_text(encoding="utf-8").splitlines()
+    per_user: dict = {}
+    for row in lines[1:]:
+        user = int(row.split("\t")[0])
+        if user <= 40 and len(per_user.setdefault(user, [])) < 15:
+            per_user[user].append(row)
+    rows = [row for user in sorted(per_user) for row in per_user[user]]
+    (folder / "ml-small.inter").write_text("\n".join([lines[0]] + rows) + "\n", encoding="utf-8")
+    (folder / "ml-small.item").write_text((source / f"{source.name}.item").read_text(encoding="utf-8"), encoding="utf-8")
+    output = tmp_path / "dataset" / "MLSearch"
+    convert("amazon_search", [folder], output, search_ratio=0.5, category_field="class", title_field="movie_title")
+    return {"config_file": str(output / "MLSearch.yaml"), "folder": output,
+            "config_dict": {**TINY_UNISAR, "checkpoint_dir": ml100k_slice["checkpoint_dir"]}}
