@@ -397,3 +397,20 @@ def test_outputs_honour_the_umask(tmp_path, umask, mode):
     assert (tmp_path / "toy" / "toy.inter").stat().st_mode & 0o777 == mode
     assert (tmp_path / "toy").stat().st_mode & 0o777 == mode | ((mode & 0o444) >> 2)
     assert siblings(tmp_path / "cache.npy") == ["cache.npy", "raw", "toy"]
+
+
+def test_a_dataset_converted_before_markers_existed_can_be_overwritten(tmp_path):
+    inputs = fx.write_lcrec(tmp_path / "raw")
+    out = tmp_path / "toy"
+    convert("lcrec", inputs, out)
+    (out / core.MARKER).unlink()  # as an earlier release wrote it
+    convert("lcrec", inputs, out, overwrite=True)
+    assert (out / core.MARKER).is_file()
+    (out / core.MARKER).unlink()
+    (out / "results.csv").write_text("the user's own file")  # not only the dataset's files: refused
+    with pytest.raises(ConversionError, match="not written by recbole_llm.convert"):
+        convert("lcrec", inputs, out, overwrite=True)
+    (out / "results.csv").unlink()
+    (out / "toy.yaml").write_text("# my own settings\nUSER_ID_FIELD: user_id\n")  # not a converted yaml: refused
+    with pytest.raises(ConversionError, match="not written by recbole_llm.convert"):
+        convert("lcrec", inputs, out, overwrite=True)

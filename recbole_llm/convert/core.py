@@ -685,10 +685,28 @@ def _check_free(output: Path, overwrite: bool) -> None:
         return  # an empty folder: nothing to lose
     if not overwrite:
         raise ConversionError(f"{output} already exists: pass --overwrite to replace it")
-    if not output.is_dir() or not (output / MARKER).is_file():
+    if not output.is_dir() or not ((output / MARKER).is_file() or _written_before_markers(output)):
         raise ConversionError(
             f"{output} was not written by recbole_llm.convert (it holds no {MARKER}): --overwrite replaces "
             "only a converted dataset; choose another --output, or move it away yourself")
+
+
+#: What the yaml of a dataset converted before the marker existed says in its leading comment.
+_LEGACY_HEADERS = ("recbole_llm.convert", "recbole_llm.data.multi_domain")
+
+
+def _written_before_markers(folder: Path) -> bool:
+    """A dataset converted by an earlier release: its yaml says so, and it holds only its own files."""
+    name = folder.name
+    yaml_file = folder / f"{name}.yaml"
+    if not yaml_file.is_file():
+        return False
+    with open(yaml_file, encoding="utf-8", errors="replace") as handle:
+        head = handle.read(4000).splitlines()
+    comment = " ".join(line for line in head[:-1] if line.startswith("#"))  # the last line may be cut
+    if not head or not head[0].startswith("#") or not any(header in comment for header in _LEGACY_HEADERS):
+        return False
+    return all(p.name.startswith(f"{name}.") or p.name == ".recbole_llm_cache" for p in folder.iterdir())
 
 
 def _alive(pid: int) -> bool:
