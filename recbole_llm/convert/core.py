@@ -795,10 +795,10 @@ class OutputFolder:
 
     def __enter__(self) -> "OutputFolder":
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self._sigterm = sigterm_interrupts()
-        self._sigterm.__enter__()
         self.tmp = self._sibling("partial")
         self.tmp.mkdir()
+        self._sigterm = sigterm_interrupts()
+        self._sigterm.__enter__()
         return self
 
     def file(self, suffix: str) -> Path:
@@ -815,10 +815,10 @@ class OutputFolder:
             if exc_type is None:
                 self._publish()
         finally:
-            self._sigterm.__exit__(None, None, None)
             if self.tmp.exists():
                 with _signals_blocked():
                     shutil.rmtree(self.tmp, ignore_errors=True)
+            self._sigterm.__exit__(None, None, None)
 
     def _publish(self) -> None:
         assert self.tmp is not None
