@@ -56,7 +56,7 @@ def test_info_nce_prefers_matching_rows():
 def _calrec_config(tiny_config, tiny_lm, **overrides) -> dict:
     return {**tiny_config, "calrec_llm": tiny_lm, "calrec_text_fields": ["movie_title", "class"],
             "calrec_history_items": 3, "calrec_max_item_tokens": 12, "beam_size": 3, "calrec_max_new_tokens": 8,
-            "calrec_bm25_top": 10, "train_batch_size": 32, "eval_batch_size": 64, "generate_users": 64,
+            "calrec_bm25_top": 10, "train_batch_size": 256, "eval_batch_size": 64, "generate_users": 64,
             "learning_rate": 1e-3, **overrides}
 
 
