@@ -446,7 +446,7 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_tokens: int, stage_folde
         return tokens, {"texts": len(texts), "truncated": sum(len(ids) > max_tokens for ids in encoded)}
 
     stage = stages.Stage(name, stage_folder, inputs={
-        "texts": list(texts), "max_tokens": int(max_tokens), "tokenizer": stages.path_input(llm_folder)})
+        "texts": stages.digest(list(texts)), "max_tokens": int(max_tokens), "tokenizer": stages.path_input(llm_folder)})
     return stage.run(compute, kind="json")
 
 

@@ -108,7 +108,8 @@ class TransRecLLM(SequentialRecommender):
             return arrays, {"nodes": index.n_nodes, "tokens": index.total_tokens}
 
         stage = stages.Stage(f"transrec_{facet}_index", folder, inputs={
-            "tokens": [list(t) for t in tokens], "max_length": self.substring_length, "prefixes_only": prefixes_only})
+            "tokens": stages.digest([list(t) for t in tokens]), "max_length": self.substring_length,
+            "prefixes_only": prefixes_only})
         arrays = stage.run(compute, kind="torch")
         index = SubstringIndex({k: v.numpy() for k, v in arrays.items() if k != "total_tokens"},
                                self.substring_length, int(arrays["total_tokens"]))
