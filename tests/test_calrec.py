@@ -85,6 +85,11 @@ def test_loss_terms_and_full_sort_predict(tiny_config, tiny_lm):
     assert finite.any(dim=1).all(), "a user got no grounded item"
     report = model.generation_report()
     assert report["users"] == 5 and report["beams"] == 15 and 0 <= report["exact_rate"] <= 1
+    title = model.item_texts[7].split(";")[0]
+    model.rank_items([[model.item_texts[7], title + "; class: none", "no such item"]])
+    after = model.generation_report()
+    assert after["exact_beams"] - report["exact_beams"] == 1
+    assert after["exact_first_field_beams"] - report["exact_first_field_beams"] == 2
 
 
 def test_end_to_end_and_stage_two_starts_from_stage_one(tiny_config, tiny_lm):

@@ -89,7 +89,9 @@ class CALRec(SequentialRecommender):
         self.header, self.trailer, self.newline = piece_tokens[:3]
         self.numbers = piece_tokens[3:]
         self.grounder = BM25Grounder(self.item_texts)
-        self.generation_counts = {"users": 0, "beams": 0, "exact_beams": 0, "exact_top_beams": 0}
+        self.first_fields = {_first_field(text) for text in self.item_texts[1:]}
+        self.generation_counts = {"users": 0, "beams": 0, "exact_beams": 0, "exact_top_beams": 0,
+                                  "exact_first_field_beams": 0}
         if config["calrec_init"]:
             self._load_stage_one(config["calrec_init"])
 
@@ -163,15 +165,18 @@ class CALRec(SequentialRecommender):
             self.generation_counts["beams"] += len(beams)
             self.generation_counts["exact_beams"] += sum(exact)
             self.generation_counts["exact_top_beams"] += int(bool(exact and exact[0]))
+            self.generation_counts["exact_first_field_beams"] += sum(_first_field(t) in self.first_fields for t in beams)
             lists = [self.grounder.ground(text, self.bm25_top) for text in beams]
             ranked.append(round_robin_merge(lists, self.n_items - 1))
         return ranked
 
     def generation_report(self) -> Dict[str, float]:
-        """How often generated texts equal a catalogue item's text exactly, since the model was built."""
+        """How often generated texts equal a catalogue item's whole text, or its first field (the
+        title), exactly (case and whitespace normalised), since the model was built."""
         counts = self.generation_counts
         return {**counts,
                 "exact_rate": counts["exact_beams"] / max(1, counts["beams"]),
+                "exact_first_field_rate": counts["exact_first_field_beams"] / max(1, counts["beams"]),
                 "exact_top_rate": counts["exact_top_beams"] / max(1, counts["users"])}
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
@@ -189,3 +194,8 @@ class CALRec(SequentialRecommender):
         labels = batch["labels"][:, 1:]
         picked = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         return (picked * (labels != -100)).sum(-1)
+
+
+def _first_field(text: str) -> str:
+    """The first ``field: value`` entry of an item text (the title), normalised."""
+    return " ".join(text.split(";", 1)[0].lower().split())
