@@ -3,7 +3,7 @@
     python benchmarks/textgen_office.py --model CALRec --train_steps 20 --eval_users 32 \\
         --output benchmarks/results/textgen_office.json
 
-Trains the model for ``--train_steps`` batches of the ordinary RecBole training data (SASRec:
+Trains the model for ``--train_steps`` batches (0: ranks with the pretrained LM) of the ordinary RecBole training data (SASRec:
 ``--sasrec_epochs`` full epochs through RecBole's Trainer), then ranks the first ``--eval_users``
 users of the test split with ``full_sort_predict`` and reports NDCG@10 / Recall@10 on them,
 training seconds per step and ranking throughput (users per second). Rows are appended to the
@@ -69,13 +69,13 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     model = get_model(args.model)(config, train_data._dataset).to(config["device"])
     build_seconds = time.perf_counter() - started
-    losses = []
+    losses, steps = [], 0
     started = time.perf_counter()
     if args.model == "SASRec":
         trainer = get_trainer(config["MODEL_TYPE"], args.model)(config, model)
         trainer.fit(train_data, valid_data, saved=False, show_progress=False)
         steps = args.sasrec_epochs * len(train_data)
-    else:
+    elif args.train_steps > 0:
         optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"])
         model.train()
         for steps, batch in enumerate(train_data, start=1):
