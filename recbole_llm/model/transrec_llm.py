@@ -21,7 +21,6 @@ containing it; an item's facet score is the sum of its substrings' scores raised
 """
 from __future__ import annotations
 
-import logging
 from typing import List, Sequence, Tuple
 
 import torch
@@ -42,7 +41,6 @@ from recbole_llm.model._grounding import (
 )
 from recbole_llm.utils import cache_dir
 
-logger = logging.getLogger(__name__)
 
 FACETS = ("id", "title", "attribute")
 FACET_NAMES = {"id": "ID", "title": "title", "attribute": "attribute"}
