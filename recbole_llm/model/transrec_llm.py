@@ -41,7 +41,6 @@ from recbole_llm.model._grounding import (
 )
 from recbole_llm.utils import cache_dir
 
-
 FACETS = ("id", "title", "attribute")
 FACET_NAMES = {"id": "ID", "title": "title", "attribute": "attribute"}
 
