@@ -116,10 +116,11 @@ def test_end_to_end_full_sort_predict_and_cached_index(tiny_config, tiny_lm):
     cfg = Config(model="TransRecLLM", dataset=config["dataset"], config_dict=config)
     train_data, _, test_data = data_preparation(cfg, create_dataset(cfg))
     model = TransRecLLM(cfg, train_data._dataset)
-    reports = model.preparation_report()["substring_index"]
+    reports = model.index_report
     assert set(reports) == {"id", "title", "attribute"} and all(r["nodes"] > 1 for r in reports.values())
     assert all(r["cached"] for r in reports.values()), "the indexes built by the first run were not reused"
-    assert result["preparation"]["substring_index"]["title"]["cached"] is False
+    assert result["preparation"]["transrec_title_index"]["cached"] is False
+    assert result["preparation"]["transrec_title_index"]["nodes"] == reports["title"]["nodes"]
     batch = next(iter(train_data))[:64]
 
     def fixed_loss():

@@ -55,8 +55,6 @@ TRAILER = "Next item:"
 class CALRec(SequentialRecommender):
     """Generative text recommender with contrastive two-tower alignment (RecBole sequential model)."""
 
-    single_process_reason = "beam-search generation and BM25 grounding run in one process"
-
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.alpha = float(config["calrec_alpha"])

@@ -48,8 +48,6 @@ FACET_NAMES = {"id": "ID", "title": "title", "attribute": "attribute"}
 class TransRecLLM(SequentialRecommender):
     """Multi-facet generative recommender (RecBole sequential model)."""
 
-    single_process_reason = "constrained beam search and grounding run in one process"
-
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.history_items = int(config["transrec_history_items"])
@@ -111,10 +109,6 @@ class TransRecLLM(SequentialRecommender):
         index = SubstringIndex({k: v.numpy() for k, v in arrays.items() if k != "total_tokens"},
                                self.substring_length, int(arrays["total_tokens"]))
         return index, dict(stage.report)
-
-    def preparation_report(self) -> dict:
-        """The three substring-index stages: sizes, seconds, whether read from the cache."""
-        return {"substring_index": self.index_report}
 
     # ------------------------------------------------------------------ prompts
     def prompt(self, facet: int, items: Sequence[int]) -> List[int]:
