@@ -49,8 +49,7 @@ class TIGER(SequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         codes = dataset.item_semantic_ids
-        level_sizes = [config["rqvae_codebook_size"]] * config["rqvae_levels"]
-        level_sizes.append(int(codes[1:, -1].max()) + 1)
+        level_sizes = list(dataset.semantic_id_level_sizes)
         self.vocabulary = SemanticIdVocabulary(tuple(level_sizes))
         self.register_buffer("item_tokens", self.vocabulary.item_tokens(codes), persistent=False)
         self.trie = PrefixTrie(codes, level_sizes)
