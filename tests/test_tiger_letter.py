@@ -272,3 +272,40 @@ def test_tiger_trains_on_an_external_index(genrec_config, tmp_path):
     assert dataset.semantic_id_report["colliding_ids"] >= 1
     loss = model.calculate_loss(next(iter(train_data)))
     assert torch.isfinite(loss)
+
+
+def test_length_buckets_give_the_loss_and_encoding_of_one_padded_pass(genrec_config):
+    config = Config(model="TIGER", config_dict={**genrec_config, "length_buckets": 16})
+    _, (train_data, _, _), model = _build(config)
+    model.eval()
+    batch = next(iter(train_data))
+    tokens, mask = model.encoder_inputs(batch)
+    buckets = model.length_buckets_of(mask)
+    assert len(buckets) == 16 and sorted(torch.cat(buckets).tolist()) == list(range(len(tokens)))
+    lengths = mask.sum(1)
+    assert all(lengths[a].max() <= lengths[b].min() for a, b in zip(buckets, buckets[1:]))
+    assert len({int(lengths[rows].max()) for rows in buckets}) > 1  # the slice has short and long histories
+    with torch.no_grad():
+        bucketed_loss, bucketed_hidden = model.calculate_loss(batch), model.encode(tokens, mask)
+        model.length_buckets = 1
+        loss, hidden = model.calculate_loss(batch), model.encode(tokens, mask)
+    torch.testing.assert_close(bucketed_loss, loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bucketed_hidden[mask], hidden[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_autocast_trains_and_ranks(genrec_config):
+    config = Config(model="TIGER", config_dict={**genrec_config, "mixed_precision": "bf16"})
+    _, (train_data, _, test_data), model = _build(config)
+    model.eval()
+    batch = next(iter(train_data))
+    with torch.no_grad():
+        mixed = model.calculate_loss(batch)
+        model.mixed_precision = "none"
+        full = model.calculate_loss(batch)
+        tokens, mask = model.encoder_inputs(next(iter(test_data))[0][:8])
+        model.mixed_precision = "bf16"
+        items, scores = model.beam_search(tokens, mask)
+    assert mixed.dtype == torch.float32 and abs(float(mixed) - float(full)) < 0.05 * float(full)
+    assert (items > 0).all() and torch.isfinite(scores).all() and scores.dtype == torch.float32
+    with pytest.raises(ValueError, match="mixed_precision"):
+        _build(Config(model="TIGER", config_dict={**genrec_config, "mixed_precision": "fp8"}))
