@@ -270,6 +270,7 @@ def test_tiger_trains_on_an_external_index(genrec_config, tmp_path):
     assert len({tuple(row) for row in dataset.item_semantic_ids[1:].tolist()}) == len(tokens)
     assert model.vocabulary.level_sizes[:3] == tuple(int(v) + 1 for v in expected.max(0).values)
     assert dataset.semantic_id_report["colliding_ids"] >= 1
+    assert dataset.item_text_emb is None  # a released index needs no text encoding
     loss = model.calculate_loss(next(iter(train_data)))
     assert torch.isfinite(loss)
 
