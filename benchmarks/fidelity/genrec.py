@@ -233,12 +233,17 @@ def main() -> None:
         if row:
             rows.append({"model": "TIGER", "setting": setting + ", RecBole3.0 tiger", "side": "peer", "seed": seed,
                          **row})
-    args.out.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps({"rows": rows, "settings": settings, "users": len(sequences)}, indent=2) + "\n"
-    atomic_write(args.out / "fidelity_genrec.json", lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
+        write_results(args.out, rows, settings, len(sequences))
+    print(markdown(rows))
+
+
+def write_results(out: Path, rows: List[Dict[str, Any]], settings: Dict[str, Any], users: int) -> None:
+    """The rows so far as ``fidelity_genrec.json`` and ``.md`` (rewritten after every seed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps({"rows": rows, "settings": settings, "users": users}, indent=2) + "\n"
+    atomic_write(out / "fidelity_genrec.json", lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
     table = markdown(rows)
-    atomic_write(args.out / "fidelity_genrec.md", lambda tmp: Path(tmp).write_text(table, encoding="utf-8"))
-    print(table)
+    atomic_write(out / "fidelity_genrec.md", lambda tmp: Path(tmp).write_text(table, encoding="utf-8"))
 
 
 if __name__ == "__main__":
