@@ -3,8 +3,8 @@
     python benchmarks/genrec_train_speed.py --dataset Office --data_root dataset --threads 1 --batches 8 \
         --set semantic_id_file=../shared/data/amazon-office/Office.index.rq-kmeans.json
 
-Each variant (SASRec; TIGER in one padded pass, ``length_buckets=1``; TIGER with the yaml's length
-buckets) is built with the results table's ``cpu`` profile. The script then times training steps
+Each variant (SASRec; TIGER at each ``--buckets`` value of ``length_buckets``, 1 = one padded
+pass) is built with the results table's ``cpu`` profile. The script then times training steps
 (next batch from RecBole's loader, loss, backward, Adam step) round-robin over the variants, so a
 change in the machine's load hits every variant alike, and estimates seconds per epoch as the median
 step time times the loader's batches per epoch. ``--profile`` adds a cProfile of a few TIGER steps.
@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--data_root", default="dataset")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batches", type=int, default=8, help="timed steps per variant (after one warm-up)")
+    parser.add_argument("--buckets", type=int, nargs="+", default=[1, 4], help="length_buckets of the TIGER variants")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the TIGER variants")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of 3 TIGER steps per variant")
     parser.add_argument("--out", default="benchmarks/results")
@@ -83,11 +84,10 @@ def main() -> None:
     config_files = dataset_config_files(args.dataset, Path(args.data_root))
     data_path = {"data_path": args.data_root}
     tiger = {**data_path, **{key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}}
-    variants = [
-        Variant("SASRec", "SASRec", args.dataset, config_files, data_path),
-        Variant("TIGER, one padded pass (length_buckets=1)", "TIGER", args.dataset, config_files,
-                {**tiger, "length_buckets": 1}),
-        Variant("TIGER, length buckets (yaml)", "TIGER", args.dataset, config_files, tiger),
+    variants = [Variant("SASRec", "SASRec", args.dataset, config_files, data_path)] + [
+        Variant(f"TIGER, length_buckets={buckets}", "TIGER", args.dataset, config_files,
+                {**tiger, "length_buckets": buckets})
+        for buckets in args.buckets
     ]
     for variant in variants:
         variant.step()  # warm-up
@@ -124,7 +124,7 @@ def profile_steps(variant: Variant, steps: int = 3) -> str:
 
 def sys_args(args: argparse.Namespace) -> List[str]:
     parts = ["--dataset", args.dataset, "--data_root", args.data_root, "--threads", str(args.threads),
-             "--batches", str(args.batches)]
+             "--batches", str(args.batches), "--buckets", *map(str, args.buckets)]
     return parts + (["--set", *args.set] if args.set else [])
 
 

@@ -200,6 +200,10 @@ def main() -> None:
     parser.add_argument("--weight_decay", type=float, default=0.05)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--beam", type=int, default=50)
+    parser.add_argument("--sides", nargs="+", choices=("ours", "peer"), default=["ours", "peer"],
+                        help="which sides to run (run them as separate processes in parallel, then --rows_from)")
+    parser.add_argument("--rows_from", type=Path, nargs="*", default=[],
+                        help="fidelity_genrec.json files of earlier runs whose rows join this one's")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temporary one)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = parser.parse_args()
@@ -214,15 +218,19 @@ def main() -> None:
     setting = (f"Office, first {len(sequences)} users, released rq-kmeans ids (de-duplicated), "
                f"T5 {settings['num_layers']}+{settings['num_layers']} d{settings['d_model']}, {args.epochs} epochs, "
                f"beam {args.beam}, CPU")
-    root = write_ours(sequences, args.shared_data, work)
+    root = write_ours(sequences, args.shared_data, work) if "ours" in args.sides else None
     processed = write_recbole3(sequences, index_file, work)
-    rows: List[Dict[str, Any]] = []
+    rows: List[Dict[str, Any]] = [row for file in args.rows_from
+                                  for row in json.loads(file.read_text(encoding="utf-8"))["rows"]]
     for seed in args.seeds:
         started = time.perf_counter()
-        row = run_ours(root, index_file, settings, seed, work / f"ours_{seed}.log")
+        row = run_ours(root, index_file, settings, seed, work / f"ours_{seed}.log") if root else None
         print(f"ours seed {seed}: {row} ({time.perf_counter() - started:.0f} s)", flush=True)
         if row:
             rows.append({"model": "TIGER", "setting": setting, "side": "ours", "seed": seed, **row})
+        if "peer" not in args.sides:
+            write_results(args.out, rows, settings, len(sequences))
+            continue
         if args.recbole3 is None or not (args.recbole3 / "src" / "recbole3").is_dir():
             print("RecBole3.0 side skipped: no checkout given (--recbole3)")
             continue
