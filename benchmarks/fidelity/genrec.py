@@ -108,6 +108,7 @@ def run_recbole3(python: str, checkout: Path, processed: Path, work: Path, setti
         f"model.d_kv={settings['d_kv']}", f"model.num_beams={settings['beam_size']}",
         f"model.history_max_length={settings['history_items']}", "model.eval_topk=[10,50]",
         f"trainer.batch_size={settings['batch_size']}", f"trainer.max_epochs={settings['epochs']}",
+        f"trainer.eval_steps={settings['epochs']}",
         f"trainer.optimizer.kwargs.lr={settings['learning_rate']}",
         f"trainer.optimizer.kwargs.weight_decay={settings['weight_decay']}",
         "trainer.eval.exclude_history=false", "trainer.eval.metrics=[{name:recall,ks:[10,50]},{name:ndcg,ks:[10,50]}]",
