@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import statistics
 import subprocess
@@ -38,6 +39,7 @@ from recbole_llm.utils import atomic_write  # noqa: E402
 
 METRICS = ("ndcg@10", "recall@10", "ndcg@50", "recall@50")
 CATEGORY = "Office_Products"  # only RecBole3.0's cache key
+PEER_SUFFIX = ", RecBole3.0 tiger"
 
 
 def shared_settings(args: argparse.Namespace) -> Dict[str, Any]:
@@ -124,9 +126,19 @@ def run_recbole3(python: str, checkout: Path, processed: Path, work: Path, setti
             metrics = flat_metrics(result["test"])
             return {**{name: metrics.get(name) for name in METRICS},
                     "train_seconds_per_epoch": round(statistics.mean(result["epoch_seconds"]), 1),
+                    "eval_seconds": test_eval_seconds(log),
                     "command": f"{python} -m recbole3.run " + " ".join(shlex.quote(o) for o in overrides)}
     print(f"  RecBole3.0 failed (exit {proc.returncode}); see {log}", flush=True)
     return None
+
+
+def test_eval_seconds(log: Path) -> Optional[float]:
+    """Elapsed time of RecBole3.0's test evaluation, read from its last progress-bar update."""
+    found = re.findall(r"\[eval:test\][^\[]*\[(?:(\d+):)?(\d+):(\d+)<", log.read_text(encoding="utf-8", errors="replace"))
+    if not found:
+        return None
+    hours, minutes, seconds = found[-1]
+    return float(int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds))
 
 
 def flat_metrics(test: Any) -> Dict[str, float]:
@@ -165,24 +177,26 @@ def run_ours(root: Path, index_file: Path, settings: Dict[str, Any], seed: int, 
 
 
 def markdown(rows: List[Dict[str, Any]]) -> str:
+    """Mean ± std per (setting, side), and the ours / peer N@10 ratio of each setting."""
     lines = ["| model | setting | side | seeds | N@10 | R@10 | N@50 | R@50 | train s/epoch |",
              "|---|---|---|---|---|---|---|---|---|"]
-    sides: Dict[str, List[Dict[str, Any]]] = {}
+    groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for row in rows:
-        sides.setdefault(row["side"], []).append(row)
-    means: Dict[str, float] = {}
-    for side, group in sides.items():
+        groups.setdefault((row["setting"], row["side"]), []).append(row)
+    means: Dict[tuple, float] = {}
+    for (setting, side), group in groups.items():
         cells = []
         for metric in (*METRICS, "train_seconds_per_epoch"):
             values = [r[metric] for r in group if r.get(metric) is not None]
             spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.4f}{spread}" if values else "-")
             if metric == "ndcg@10" and values:
-                means[side] = statistics.mean(values)
-        lines.append(f"| {group[0]['model']} | {group[0]['setting']} | {side} | {len(group)} | " + " | ".join(cells) + " |")
-    if "ours" in means and "peer" in means and means["peer"]:
-        lines += ["", f"N@10 ratio ours / peer: {means['ours'] / means['peer']:.3f}"]
-    return "\n".join(lines) + "\n"
+                means[(setting, side)] = statistics.mean(values)
+        lines.append(f"| {group[0]['model']} | {setting} | {side} | {len(group)} | " + " | ".join(cells) + " |")
+    ratios = [f"N@10 ours / peer ({setting}): {value / means[(setting + PEER_SUFFIX, 'peer')]:.3f}"
+              for (setting, side), value in means.items()
+              if side == "ours" and means.get((setting + PEER_SUFFIX, "peer"))]
+    return "\n".join(lines + ([""] + ratios if ratios else [])) + "\n"
 
 
 def main() -> None:
@@ -240,7 +254,7 @@ def main() -> None:
                            work / f"recbole3_{seed}.log")
         print(f"RecBole3.0 seed {seed}: {row} ({time.perf_counter() - started:.0f} s)", flush=True)
         if row:
-            rows.append({"model": "TIGER", "setting": setting + ", RecBole3.0 tiger", "side": "peer", "seed": seed,
+            rows.append({"model": "TIGER", "setting": setting + PEER_SUFFIX, "side": "peer", "seed": seed,
                          **row})
         write_results(args.out, rows, settings, len(sequences))
     print(markdown(rows))
