@@ -110,7 +110,7 @@ def run_recbole3(python: str, checkout: Path, processed: Path, work: Path, setti
         f"model.d_kv={settings['d_kv']}", f"model.num_beams={settings['beam_size']}",
         f"model.history_max_length={settings['history_items']}", "model.eval_topk=[10,50]",
         f"trainer.batch_size={settings['batch_size']}", f"trainer.max_epochs={settings['epochs']}",
-        f"trainer.eval_steps={settings['epochs']}",
+        f"+trainer.eval_steps={settings['epochs']}",
         f"trainer.optimizer.kwargs.lr={settings['learning_rate']}",
         f"trainer.optimizer.kwargs.weight_decay={settings['weight_decay']}",
         "trainer.eval.exclude_history=false", "trainer.eval.metrics=[{name:recall,ks:[10,50]},{name:ndcg,ks:[10,50]}]",
@@ -178,18 +178,19 @@ def run_ours(root: Path, index_file: Path, settings: Dict[str, Any], seed: int, 
 
 def markdown(rows: List[Dict[str, Any]]) -> str:
     """Mean ± std per (setting, side), and the ours / peer N@10 ratio of each setting."""
-    lines = ["| model | setting | side | seeds | N@10 | R@10 | N@50 | R@50 | train s/epoch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | setting | side | seeds | N@10 | R@10 | N@50 | R@50 | train s/epoch | test eval s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     groups: Dict[tuple, List[Dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["setting"], row["side"]), []).append(row)
     means: Dict[tuple, float] = {}
     for (setting, side), group in groups.items():
         cells = []
-        for metric in (*METRICS, "train_seconds_per_epoch"):
+        for metric in (*METRICS, "train_seconds_per_epoch", "eval_seconds"):
             values = [r[metric] for r in group if r.get(metric) is not None]
-            spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
-            cells.append(f"{statistics.mean(values):.4f}{spread}" if values else "-")
+            digits = 4 if metric in METRICS else 1
+            spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.{digits}f}{spread}" if values else "-")
             if metric == "ndcg@10" and values:
                 means[(setting, side)] = statistics.mean(values)
         lines.append(f"| {group[0]['model']} | {setting} | {side} | {len(group)} | " + " | ".join(cells) + " |")
