@@ -7,40 +7,28 @@ folder), whose settings are ``text_llm_layer``, ``text_pooling``, ``text_max_len
 """
 from __future__ import annotations
 
-import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from recbole_llm import stages
 from recbole_llm.text import encoder as text_encoder
 from recbole_llm.text import llm_encoder
-from recbole_llm.utils import fingerprint, save_array
 
 logger = logging.getLogger(__name__)
 
 
-def _folder_digest(folder: Path) -> str:
-    """sha256 over the names and bytes of every file in ``folder`` (sorted, recursive)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode("utf-8") + b"\x00")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def encoder_identity(encoder_name: str, encoding: Optional[llm_encoder.LLMEncoding] = None,
                      llm_cache_dir: Optional[str] = None) -> Dict[str, Any]:
-    """What identifies the encoder in cache keys: a causal LM by its weights' content and settings."""
+    """What identifies the encoder in cache keys: a causal LM by its folder's content and settings."""
     if encoding is None:
         return {"sentence_transformer": str(encoder_name)}
     folder = llm_encoder.resolve_llm_folder(encoder_name, llm_cache_dir)
-    return {"causal_lm": _folder_digest(folder), "layer": int(encoding.layer), "pooling": encoding.pooling,
-            "max_length": int(encoding.max_length), "dtype": encoding.dtype}
+    return {"causal_lm": stages.path_input(folder), "encoding": encoding}
 
 
 def cached_text_embeddings(
@@ -55,25 +43,28 @@ def cached_text_embeddings(
 ) -> Tuple[np.ndarray, Path]:
     """Embeddings of ``texts`` [len(texts), dim]; encoded once, then read from ``cache_folder``.
 
-    ``encoding`` set means ``encoder_name`` is a causal LM encoded with those settings. The cache
-    file name is a hash of the texts, the encoder's identity (a causal LM: the content of its
-    folder and every ``encoding`` field) and the text fields, so any change of those encodes
-    again. The file is written atomically.
+    ``encoding`` set means ``encoder_name`` is a causal LM encoded with those settings. The
+    cache is a :class:`recbole_llm.stages.Stage` keyed by the texts, the encoder's identity (a
+    causal LM: the content of its folder and every ``encoding`` field) and the text fields, so
+    any change of those encodes again.
     """
-    identity = encoder_identity(encoder_name, encoding, llm_cache_dir)
-    key = fingerprint(list(texts), identity, list(text_fields or []))
-    cache_file = Path(cache_folder) / f"text_emb_{key}.npy"
-    if cache_file.is_file():
-        logger.info("text embeddings read from cache %s", cache_file)
-        return np.load(cache_file), cache_file
-    logger.info("encoding %d item texts with %s", len(texts), encoder_name)
-    if encoding is None:
-        embeddings = text_encoder.encode_texts(texts, encoder_name=encoder_name, batch_size=batch_size, device=device)
-    else:
-        embeddings = llm_encoder.encode_with_llm(texts, encoder_name, encoding, batch_size, device, llm_cache_dir)
-    save_array(cache_file, embeddings)
-    logger.info("text embeddings cached at %s", cache_file)
-    return embeddings, cache_file
+    inputs = {"texts": list(texts), "encoder": encoder_identity(encoder_name, encoding, llm_cache_dir),
+              "text_fields": list(text_fields or [])}
+    stage = stages.Stage("text_emb", cache_folder, inputs=inputs)
+
+    def compute() -> Tuple[np.ndarray, Dict[str, Any]]:
+        logger.info("encoding %d item texts with %s", len(texts), encoder_name)
+        started = time.perf_counter()
+        if encoding is None:
+            embeddings = text_encoder.encode_texts(texts, encoder_name=encoder_name, batch_size=batch_size, device=device)
+        else:
+            embeddings = llm_encoder.encode_with_llm(texts, encoder_name, encoding, batch_size, device, llm_cache_dir)
+        seconds = time.perf_counter() - started
+        return embeddings.astype(np.float32), {"encoder": str(encoder_name), "texts": len(texts),
+                                               "texts_per_second": round(len(texts) / max(seconds, 1e-9), 1)}
+
+    embeddings = stage.run(compute, kind="npy")
+    return embeddings, stage.path("npy")
 
 
 def pca_reduce(embeddings: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
