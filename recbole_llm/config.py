@@ -10,6 +10,7 @@ import os
 from importlib import resources
 from pathlib import Path
 
+import recbole
 import torch
 import yaml
 from recbole.config import Config as RecBoleConfig
@@ -58,7 +59,11 @@ class Config(RecBoleConfig):
         super()._load_internal_config_dict(model, model_class, dataset)
         props = properties_dir()
         dataset_file = props / "dataset" / f"{dataset}.yaml"
-        for file in (props / "overall.yaml", props / "model" / f"{model}.yaml", dataset_file):
+        # A plugin subclass of a RecBole model (LLM2SASRec < SASRec) starts from its base's yaml.
+        recbole_models = Path(recbole.__file__).parent / "properties" / "model"
+        inherited = [recbole_models / f"{base.__name__}.yaml" for base in reversed(model_class.__mro__[1:])
+                     if base.__module__.startswith("recbole.model.")]
+        for file in (*inherited, props / "overall.yaml", props / "model" / f"{model}.yaml", dataset_file):
             if file.is_file():
                 loaded = self._update_internal_config_dict(str(file))
                 if file == dataset_file and loaded:

