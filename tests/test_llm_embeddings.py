@@ -190,3 +190,105 @@ def test_llm2sasrec_with_minilm_and_an_explicit_init_std(tiny_config):
     rows = net.item_embedding.weight.detach()[1:dataset.item_num]
     assert dataset.item_text_emb.shape[1] == 384
     assert abs(float(rows.std()) - 0.5) < 1e-3
+
+
+# ---------------------------------------------------------------- LLMSeqSim
+
+def _seqsim(tiny_config, **overrides):
+    _, _, net, _ = _build("LLMSeqSim", tiny_config, text_encoder="all-MiniLM-L6-v2", **overrides)
+    # Three items in two dimensions (row 0 is padding): e1 = (1, 0), e2 = (0, 1), e3 = (1, 1).
+    net.item_text_emb = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    return net
+
+
+def _interaction(net, history, length):
+    from recbole.data.interaction import Interaction
+
+    return Interaction({net.ITEM_SEQ: torch.tensor([history]), net.ITEM_SEQ_LEN: torch.tensor([length]),
+                        net.ITEM_ID: torch.tensor([3])})
+
+
+@pytest.mark.parametrize("aggregation, session", [
+    ("mean", (1 / 3 + 1 / 3, 1 / 3 + 1 / 3)),                   # (e1 + e2 + e3) / 3
+    ("linear", (1 / 6 + 3 / 6, 2 / 6 + 3 / 6)),                  # weights 1/3, 2/3, 1, normalised
+    ("harmonic", (2 / 11 + 6 / 11, 3 / 11 + 6 / 11)),            # weights 1/3, 1/2, 1, normalised
+    ("last", (1.0, 1.0)),                                        # e3
+])
+def test_llmseqsim_scores_equal_a_hand_computed_cosine(tiny_config, aggregation, session):
+    net = _seqsim(tiny_config, seqsim_aggregation=aggregation)
+    interaction = _interaction(net, [1, 2, 3, 0, 0], 3)
+    s = np.array(session)
+    items = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    expected = items @ s / (np.linalg.norm(items, axis=1) * np.linalg.norm(s))
+    scores = net.full_sort_predict(interaction)[0]
+    np.testing.assert_allclose(scores[1:].numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(net.predict(interaction).numpy(), [expected[2]], atol=1e-6)
+
+
+def test_llmseqsim_dot_and_euclidean(tiny_config):
+    history = _interaction(_seqsim(tiny_config), [1, 2, 0, 0, 0], 2)  # mean = (0.5, 0.5)
+    dot = _seqsim(tiny_config, seqsim_similarity="dot")
+    np.testing.assert_allclose(dot.full_sort_predict(history)[0, 1:].numpy(), [0.5, 0.5, 1.0], atol=1e-6)
+    euclidean = _seqsim(tiny_config, seqsim_similarity="euclidean")
+    np.testing.assert_allclose(euclidean.full_sort_predict(history)[0, 1:].numpy(),
+                               [-np.sqrt(0.5), -np.sqrt(0.5), -np.sqrt(0.5)], atol=1e-6)
+    np.testing.assert_allclose(euclidean.predict(history).numpy(), [-np.sqrt(0.5)], atol=1e-6)
+    with pytest.raises(ValueError, match="seqsim_aggregation"):
+        _seqsim(tiny_config, seqsim_aggregation="max")
+
+
+def test_llmseqsim_runs_through_recbole_with_zero_epochs(tiny_config, tiny_lm):
+    result = _run("LLMSeqSim", tiny_config, text_encoder=tiny_lm, epochs=3)
+    assert result["timing"]["epochs"] == 0
+    assert result["best_valid_result"] is not None and 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+    assert result["test_result"]["ndcg@10"] == pytest.approx(
+        _run("LLMSeqSim", tiny_config, text_encoder=tiny_lm)["test_result"]["ndcg@10"])
+
+
+# ---------------------------------------------------------------- LEARN
+
+def test_learn_towers_share_one_module(tiny_config, tiny_lm):
+    _, dataset, net, _ = _build("LEARN", tiny_config, text_encoder=tiny_lm)
+    net.eval()
+    assert [name for name, _ in net.named_children()] == ["alignment"]
+    items = torch.tensor([5, 7, 9])
+    histories = torch.zeros(3, net.max_seq_length, dtype=torch.long)
+    histories[:, 0] = items
+    users = net.forward(histories, torch.ones(3, dtype=torch.long))
+    torch.testing.assert_close(users, net.item_tower(items))  # a one-item history is that item
+    torch.testing.assert_close(users.norm(dim=-1), torch.ones(3))
+    net.train()
+    net.zero_grad()
+    net.item_tower(items).sum().backward()
+    assert net.alignment.trm_encoder.layer[0].multi_head_attention.query.weight.grad is not None
+
+
+def test_learn_loss_masks_same_item_pairs(tiny_config, tiny_lm):
+    from recbole.data.interaction import Interaction
+
+    _, _, net, _ = _build("LEARN", tiny_config, text_encoder=tiny_lm, hidden_dropout_prob=0.0, attn_dropout_prob=0.0)
+    seq = torch.tensor([[1, 2, 0, 0, 0], [3, 0, 0, 0, 0], [4, 5, 6, 0, 0]])
+    seq = torch.nn.functional.pad(seq, (0, net.max_seq_length - 5))
+    lengths = torch.tensor([2, 1, 3])
+
+    def loss(targets):
+        return net.calculate_loss(Interaction({net.ITEM_SEQ: seq, net.ITEM_SEQ_LEN: lengths,
+                                               net.POS_ITEM_ID: torch.tensor(targets)}))
+
+    users = net.forward(seq, lengths)
+    items = net.item_tower(torch.tensor([7, 7, 8]))
+    logits = net.logit_scale * users @ items.t()
+    logits[0, 1] = logits[1, 0] = float("-inf")  # rows 0 and 1 share their positive
+    expected = torch.nn.functional.cross_entropy(logits, torch.arange(3))
+    torch.testing.assert_close(loss([7, 7, 8]), expected)
+
+
+def test_learn_trains_and_fine_tunes_from_a_pretrained_checkpoint(tiny_config, tiny_lm):
+    first = _run("LEARN", tiny_config, text_encoder=tiny_lm)
+    assert 0.0 <= first["test_result"]["ndcg@10"] <= 1.0
+    _, _, net, _ = _build("LEARN", tiny_config, text_encoder=tiny_lm, pretrained_file=first["saved_model_file"])
+    saved = torch.load(first["saved_model_file"], weights_only=False)["state_dict"]
+    for name, value in net.state_dict().items():
+        torch.testing.assert_close(value, saved[name])
+    with pytest.raises(ValueError, match="not a LEARN checkpoint of this shape"):
+        _build("LEARN", tiny_config, text_encoder=tiny_lm, pretrained_file=first["saved_model_file"], hidden_size=32)
