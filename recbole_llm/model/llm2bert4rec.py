@@ -3,7 +3,8 @@
 Reference:
     Artun Boz, Wouter Zorgdrager, Zoe Kotti, Jesse Harte, Panos Louridas, Vassilios Karakoidas,
     Dietmar Jannach and Marios Fragkoulis. "Improving Sequential Recommendations with LLMs."
-    ACM Transactions on Recommender Systems, 2025. arXiv:2402.01339.
+    arXiv:2402.01339, 2024 (extends Harte et al., "Leveraging Large Language Models for
+    Sequential Recommendation", RecSys 2023, arXiv:2309.09261, which introduced LLM2BERT4Rec).
 
 As :mod:`recbole_llm.model.llm2sasrec`: the item rows (1..n_items-1) of BERT4Rec's table are the
 PCA-reduced (to ``hidden_size``) LLM text embeddings rescaled to std ``llm_init_std`` (default

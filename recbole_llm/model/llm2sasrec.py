@@ -3,7 +3,8 @@
 Reference:
     Artun Boz, Wouter Zorgdrager, Zoe Kotti, Jesse Harte, Panos Louridas, Vassilios Karakoidas,
     Dietmar Jannach and Marios Fragkoulis. "Improving Sequential Recommendations with LLMs."
-    ACM Transactions on Recommender Systems, 2025. arXiv:2402.01339.
+    arXiv:2402.01339, 2024 (extends Harte et al., "Leveraging Large Language Models for
+    Sequential Recommendation", RecSys 2023, arXiv:2309.09261, which introduced LLM2BERT4Rec).
 
 Each item's text is embedded by ``text_encoder`` (default: the packaged SmolLM2-135M, mean-pooled
 last layer; any key of :mod:`recbole_llm.text.features`), reduced by PCA (fitted on the items) to
