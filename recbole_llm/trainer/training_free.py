@@ -25,6 +25,12 @@ class _NoOptimizer:
 class TrainingFreeTrainer(Trainer):
     """RecBole's Trainer for a model that has nothing to learn: zero epochs, one validation."""
 
+    def __init__(self, config, model):
+        if not config["single_spec"]:
+            raise ValueError(f"{type(model).__name__} is training-free: there is nothing to train in parallel; "
+                             "evaluate it in one process (nproc=1)")
+        super().__init__(config, model)
+
     def _build_optimizer(self, **kwargs):
         if any(p.requires_grad for p in self.model.parameters()):
             raise ValueError(f"{type(self.model).__name__} has trainable parameters: use RecBole's Trainer")
