@@ -49,7 +49,7 @@ def test_llm_encoder_mean_and_last_pooling_match_the_hidden_states(tiny_lm):
     from recbole_llm.llm.loader import load_causal_lm
 
     model, tokenizer = load_causal_lm(tiny_lm)
-    for layer in (1, -1):
+    for layer in (1, 2, -1):  # 2 = the last block of this 2-layer LM, as -1
         mean = llm_encoder.encode_texts_with_llm(TEXTS, model, tokenizer, llm_encoder.LLMEncoding(layer=layer), batch_size=2)
         last = llm_encoder.encode_texts_with_llm(TEXTS, model, tokenizer,
                                                  llm_encoder.LLMEncoding(layer=layer, pooling="last"), batch_size=3)

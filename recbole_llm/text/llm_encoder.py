@@ -108,6 +108,8 @@ def encode_texts_with_llm(
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     model = model.to(device=device, dtype=DTYPES[encoding.dtype])
+    backbone = model.base_model
+    last_layer = int(encoding.layer) in (-1, n_states - 1)
     # Longest texts first: batches of similar lengths waste little on padding.
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out = np.zeros((len(texts), int(model.config.hidden_size)), dtype=np.float32)
@@ -119,8 +121,10 @@ def encode_texts_with_llm(
             continue
         attention_mask = batch["attention_mask"].to(device)
         text_mask = attention_mask * (1 - batch["special_tokens_mask"].to(device))
-        outputs = model(input_ids=batch["input_ids"].to(device), attention_mask=attention_mask, output_hidden_states=True)
-        hidden = outputs.hidden_states[int(encoding.layer)].float()
+        # The backbone only: the LM head's logits ([B, L, vocab]) are never needed.
+        outputs = backbone(input_ids=batch["input_ids"].to(device), attention_mask=attention_mask,
+                           output_hidden_states=not last_layer)
+        hidden = (outputs.last_hidden_state if last_layer else outputs.hidden_states[int(encoding.layer)]).float()
         out[index] = _pool(hidden, text_mask, attention_mask, encoding.pooling).cpu().numpy()
     return out
 
