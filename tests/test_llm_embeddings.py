@@ -283,12 +283,40 @@ def test_learn_loss_masks_same_item_pairs(tiny_config, tiny_lm):
     torch.testing.assert_close(loss([7, 7, 8]), expected)
 
 
-def test_learn_trains_and_fine_tunes_from_a_pretrained_checkpoint(tiny_config, tiny_lm):
-    first = _run("LEARN", tiny_config, text_encoder=tiny_lm)
-    assert 0.0 <= first["test_result"]["ndcg@10"] <= 1.0
-    _, _, net, _ = _build("LEARN", tiny_config, text_encoder=tiny_lm, pretrained_file=first["saved_model_file"])
-    saved = torch.load(first["saved_model_file"], weights_only=False)["state_dict"]
-    for name, value in net.state_dict().items():
+def _copy_dataset(source_root: Path, name: str, target_root: Path, new_name: str) -> None:
+    import shutil
+
+    import yaml
+
+    folder = target_root / new_name
+    folder.mkdir(parents=True)
+    for suffix in (".inter", ".item"):
+        shutil.copy(source_root / name / f"{name}{suffix}", folder / f"{new_name}{suffix}")
+    settings = {"load_col": {"inter": ["user_id", "item_id", "rating", "timestamp"],
+                             "item": ["item_id", "movie_title", "release_year", "class"]},
+                "text_fields": ["movie_title", "release_year", "class"]}
+    (folder / f"{new_name}.yaml").write_text(yaml.safe_dump(settings), encoding="utf-8")
+
+
+def test_learn_pretrains_on_mixed_domains_then_fine_tunes(tiny_config, tiny_lm, tmp_path):
+    from recbole_llm.data.multi_domain import merge_domains
+
+    source_root = Path(tiny_config["data_path"])
+    for domain in ("DomainA", "DomainB"):
+        _copy_dataset(source_root, tiny_config["dataset"], tmp_path, domain)
+    mixed = merge_domains(["DomainA", "DomainB"], tmp_path, tmp_path / "Mixed")
+    mixed_config = {key: value for key, value in tiny_config.items() if key not in ("load_col", "text_fields")}
+    mixed_config.update(dataset="Mixed", data_path=str(tmp_path), text_encoder=tiny_lm)
+    from recbole_llm import run_recbole_llm
+
+    pretrained = run_recbole_llm(model="LEARN", dataset="Mixed", config_file_list=[str(mixed / "Mixed.yaml")],
+                                 config_dict=mixed_config)
+    assert 0.0 <= pretrained["test_result"]["ndcg@10"] <= 1.0
+    _, _, net, _ = _build("LEARN", tiny_config, text_encoder=tiny_lm, pretrained_file=pretrained["saved_model_file"])
+    saved = torch.load(pretrained["saved_model_file"], weights_only=False)["state_dict"]
+    for name, value in net.state_dict().items():  # the whole module transfers
         torch.testing.assert_close(value, saved[name])
+    tuned = _run("LEARN", tiny_config, text_encoder=tiny_lm, pretrained_file=pretrained["saved_model_file"])
+    assert 0.0 <= tuned["test_result"]["ndcg@10"] <= 1.0
     with pytest.raises(ValueError, match="not a LEARN checkpoint of this shape"):
-        _build("LEARN", tiny_config, text_encoder=tiny_lm, pretrained_file=first["saved_model_file"], hidden_size=32)
+        _build("LEARN", tiny_config, text_encoder=tiny_lm, pretrained_file=pretrained["saved_model_file"], hidden_size=32)
