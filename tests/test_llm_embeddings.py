@@ -320,3 +320,15 @@ def test_learn_pretrains_on_mixed_domains_then_fine_tunes(tiny_config, tiny_lm, 
     assert 0.0 <= tuned["test_result"]["ndcg@10"] <= 1.0
     with pytest.raises(ValueError, match="not a LEARN checkpoint of this shape"):
         _build("LEARN", tiny_config, text_encoder=tiny_lm, pretrained_file=pretrained["saved_model_file"], hidden_size=32)
+
+
+def test_training_free_trainer_refuses_trainable_models_and_distributed_runs(tiny_config):
+    from recbole_llm.trainer.training_free import TrainingFreeTrainer
+
+    config, _, net, _ = _build("LLMSeqSim", tiny_config, text_encoder="all-MiniLM-L6-v2")
+    sasrec_config, _, sasrec, _ = _build("SASRec", tiny_config)
+    with pytest.raises(ValueError, match="has trainable parameters"):
+        TrainingFreeTrainer(sasrec_config, sasrec)
+    config["single_spec"] = False
+    with pytest.raises(ValueError, match="nproc=1"):
+        TrainingFreeTrainer(config, net)
