@@ -1,6 +1,6 @@
 """Hyperparameter search for a recbole-llm or RecBole model (RecBole's HyperTuning).
 
-    python run_hyper.py --model=SASRec --dataset=ml-100k --params_file=properties/hyper/SASRec.hyper --max_evals=10
+    python run_hyper.py --model=SASRec --dataset=ml-100k --params_file=properties/hyper/SASRec.hyper --profile=cpu
 """
 from recbole_llm.cli import hyper_main
 
