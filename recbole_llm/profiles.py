@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+PROFILE_HELP = ("size profile: 'cpu' small Transformers that answer in minutes on a laptop, 'default' "
+                "the models' own yaml (the papers' sizes); explicit --key=value flags still win")
+
 PROFILES: Dict[str, Dict[str, Any]] = {
     "cpu": {
         "hidden_size": 64,

@@ -50,8 +50,13 @@ def _build(config: Config):
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A hash of every parameter and buffer: equal fingerprints mean identical weights."""
+    return state_fingerprint(model.state_dict())
+
+
+def state_fingerprint(state_dict: Dict[str, torch.Tensor]) -> str:
+    """:func:`model_fingerprint` of a state dict (a checkpoint's ``state_dict``, for instance)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state_dict.items()):
         digest.update(name.encode("utf-8"))
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -69,8 +69,9 @@ def _class_in_module(module_path: str, name: str) -> type:
 
 def _class_name_in_source(module_path: str, name: str) -> str:
     """The spelling of the class ``name`` defined in a module's source, read without importing it."""
-    origin = importlib.util.find_spec(module_path).origin
-    with open(origin, "r", encoding="utf-8") as f:
+    package, _, leaf = module_path.rpartition(".")
+    folder = importlib.util.find_spec(package).submodule_search_locations[0]  # does not run its __init__
+    with open(os.path.join(folder, f"{leaf}.py"), "r", encoding="utf-8") as f:
         for match in re.finditer(r"^class\s+(\w+)", f.read(), flags=re.MULTILINE):
             if match.group(1).lower() == name:
                 return match.group(1)

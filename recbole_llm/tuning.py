@@ -1,8 +1,11 @@
-"""Hyperparameter tuning through RecBole's ``HyperTuning`` (hyperopt), for any model."""
+"""Hyperparameter tuning through RecBole's ``HyperTuning`` (hyperopt) or Ray Tune, for any model;
+:func:`main` is the command line of ``run_hyper.py`` / ``recbole-llm-hyper``."""
 from __future__ import annotations
 
+import argparse
 import ast
 import os
+import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from recbole_llm import compat
@@ -14,7 +17,8 @@ from recbole.trainer import HyperTuning  # noqa: E402
 from recbole_llm.errors import MissingFileError, UserError  # noqa: E402
 from recbole_llm.quick_start import objective_function  # noqa: E402
 from recbole_llm.registry import get_model  # noqa: E402
-from recbole_llm.utils import split_files  # noqa: E402
+from recbole_llm.profiles import PROFILE_HELP, PROFILES  # noqa: E402
+from recbole_llm.utils import exit_on_user_error, split_files  # noqa: E402
 
 _RANGE_TYPES = ("choice", "uniform", "quniform", "loguniform")
 
@@ -149,3 +153,35 @@ def ray_tune(args, overrides: Sequence[str] = ()):
 
 def _format_metrics(result: Dict[str, Any]) -> str:
     return "    ".join(f"{k}: {v}" for k, v in result.items() if "@" in k)
+
+
+@exit_on_user_error
+def main(argv: Optional[List[str]] = None) -> None:
+    """Hyperparameter search with RecBole's HyperTuning (or Ray Tune) over any model."""
+    parser = argparse.ArgumentParser(description="Tune a recbole-llm or RecBole model.", allow_abbrev=False,
+                                     epilog="Any other --key=value is a fixed config override of every trial.")
+    parser.add_argument("--model", "-m", required=True, help="model name (plugin or RecBole)")
+    parser.add_argument("--dataset", "-d", default="ml-100k", help="dataset name")
+    parser.add_argument("--config_files", default=None, help="fixed config files, space or comma separated")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="default", help=PROFILE_HELP)
+    parser.add_argument("--params_file", required=True, help="search space, RecBole's hyper format")
+    parser.add_argument("--output_file", default="hyper_example.result", help="where results are written")
+    parser.add_argument("--display_file", default=None, help="optional HTML plot of the search")
+    parser.add_argument("--tool", default="hyperopt", choices=["hyperopt", "ray"], help="tuning tool")
+    parser.add_argument("--ray_address", default=None, help="Ray cluster address (default: a local Ray)")
+    parser.add_argument("--ray_dir", default="ray_results", help="Ray Tune's results folder")
+    parser.add_argument("--ray_metric", default="ndcg@10", help="validation metric Ray ranks trials by")
+    parser.add_argument("--algo", default="exhaustive", choices=["exhaustive", "random", "bayes"])
+    parser.add_argument("--max_evals", type=int, default=100, help="trials (ignored by exhaustive)")
+    parser.add_argument("--early_stop", type=int, default=10, help="trials without progress before stopping")
+    args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+
+    check_search(args.model, args.params_file, split_files(args.config_files))
+    if args.tool == "ray":
+        ray_tune(args, overrides)
+    else:
+        hyperopt_tune(args, overrides)
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,6 @@ of the pre-training items' text embeddings, so all domains share one code space.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -113,7 +112,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data_root", default="dataset", help="folder holding <Name>/<Name>.yaml of every source")
     parser.add_argument("--output", required=True, help="folder of the mixed dataset, e.g. dataset/OfficeScientific")
     args = parser.parse_args(argv)
-    sys.argv = sys.argv[:1]  # RecBole's Config would read these flags as config overrides
     folder = merge_domains(args.datasets, Path(args.data_root), Path(args.output))
     print(f"wrote {folder}: pre-train with python run_recbole_llm.py --model=VQRec --dataset={folder.name} "
           f"--data_path={folder.parent} --config_files={folder / (folder.name + '.yaml')} --train_stage=pretrain")
