@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from recbole_llm.errors import MissingFileError
 from recbole_llm.profiles import DATASET_PROFILES, MODEL_PROFILES, PROFILES, job_overrides
+from recbole_llm.utils import exit_on_user_error
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 
@@ -40,7 +42,7 @@ def dataset_config_files(dataset: str, data_root: Path) -> List[str]:
         return []
     yaml_file = data_root / dataset / f"{dataset}.yaml"
     if not yaml_file.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{yaml_file} not found: convert the dataset first, or pass --prepare with --shared_data"
         )
     return [str(yaml_file)]
@@ -276,4 +278,4 @@ if __name__ == "__main__":
     # A terminated table run must not leave its job running: SIGTERM becomes SystemExit, on which
     # subprocess.run kills the job before re-raising.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    main()
+    exit_on_user_error(main)()
