@@ -16,9 +16,12 @@ import torch  # noqa: E402
 from recbole.data import data_preparation  # noqa: E402
 from recbole.utils import get_environment, init_logger, init_seed, set_color  # noqa: E402
 
+from recbole_llm import stages  # noqa: E402
 from recbole_llm.config import Config  # noqa: E402
 from recbole_llm.errors import MissingFileError, UserError  # noqa: E402
+from recbole_llm.memory import fit_eval_batch_size  # noqa: E402
 from recbole_llm.registry import create_dataset, get_model, get_trainer  # noqa: E402
+from recbole_llm.trainer.distributed import distributed_trainer  # noqa: E402
 from recbole_llm.utils import unique_run_file  # noqa: E402
 
 
@@ -41,6 +44,7 @@ def _build(config: Config):
     dataset = create_dataset(config)
     logger.info(dataset)
     check_topk(config, dataset)
+    fit_eval_batch_size(config, dataset.item_num)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -80,13 +84,25 @@ class _EpochTimer:
             self.epochs += 1
 
 
+def _run_checkpoint_file(config: Config, folder: str) -> str:
+    """This run's own checkpoint path. RecBole names it ``<model>-<date to the second>.pth``, so
+    runs started together shared one; every rank of a data-parallel run takes rank 0's name."""
+    name = [unique_run_file(folder, config["model"])]
+    if not config["single_spec"]:
+        torch.distributed.broadcast_object_list(name, src=0)
+    return name[0]
+
+
 def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[str, Any]:
     start = time.perf_counter()
-    _, (train_data, valid_data, test_data), model = _build(config)
+    with stages.collect_reports() as reports:
+        _, (train_data, valid_data, test_data), model = _build(config)
     setup_seconds = time.perf_counter() - start
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
-    # RecBole names the checkpoint <model>-<date to the second>.pth: runs started together shared it.
-    trainer.saved_model_file = unique_run_file(trainer.checkpoint_dir, config["model"])
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    if not config["single_spec"]:
+        trainer_class = distributed_trainer(trainer_class)
+    trainer = trainer_class(config, model)
+    trainer.saved_model_file = _run_checkpoint_file(config, trainer.checkpoint_dir)
     epoch_timer = _EpochTimer(trainer)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, verbose=verbose, saved=saved, show_progress=config["show_progress"]
@@ -104,7 +120,7 @@ def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[s
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "saved_model_file": getattr(trainer, "saved_model_file", None) if saved else None,
-        "preparation": model.preparation_report() if hasattr(model, "preparation_report") else {},
+        "preparation": {report["stage"]: report for report in reports},
         "timing": {
             "setup_seconds": round(setup_seconds, 3),
             "epochs": epoch_timer.epochs,
@@ -265,7 +281,6 @@ def run(
                         "for one process, --nproc=N for N processes on this node")
     if nproc == 1 and world_size <= 0:
         return run_recbole_llm(model, dataset, config_file_list, config_dict, saved, argv=argv, profile=profile)
-    _refuse_single_process_models(model, config_dict)
     import torch.multiprocessing as mp
 
     # RecBole's init_logger creates ./log/<model> without exist_ok: create it before the ranks race.
@@ -291,12 +306,3 @@ def run(
         rank, result = queue.get()
         results[rank] = result
     return {**results[0], "rank_results": [results[r] for r in sorted(results)]}
-
-
-def _refuse_single_process_models(model, config_dict) -> None:
-    name = model or (config_dict or {}).get("model")
-    if name is None:
-        return
-    reason = getattr(get_model(name), "single_process_reason", None)
-    if reason:
-        raise UserError(f"{name} cannot train in several processes: {reason}. Run it with nproc=1.")

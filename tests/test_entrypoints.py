@@ -184,6 +184,18 @@ def test_two_runs_started_together_keep_their_own_checkpoints(tiny_config):
         assert quick_start.state_fingerprint(checkpoint["state_dict"]) == results[seed]["model_fingerprint"]
 
 
+def test_data_parallel_ranks_share_rank_0s_checkpoint(tiny_config):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    result = quick_start.run(model="SASRec", dataset=tiny_config["dataset"], config_dict=tiny_config, saved=True,
+                             nproc=2, ip="127.0.0.1", port=str(port))
+    files = [rank["saved_model_file"] for rank in result["rank_results"]]
+    assert files[0] == files[1] and torch.load(files[0], map_location="cpu", weights_only=False)["state_dict"]
+
+
 def test_metrics_table_is_one_row_per_metric():
     table = metrics_table({"recall@10": 0.1, "recall@50": 0.25, "ndcg@10": 0.05, "ndcg@50": 0.08})
     lines = table.splitlines()

@@ -4,9 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -22,11 +20,7 @@ from recbole_llm.model.unisar import UniSAR, transition_masks
 from recbole_llm.quick_start import run_recbole_llm
 from recbole_llm.registry import create_dataset
 
-TINY = {
-    "hidden_size": 16, "inner_size": 32, "n_heads": 2, "n_layers": 1, "history_length": 4, "expert_size": 16,
-    "tower_sizes": [16], "n_shared_experts": 2, "n_task_experts": 2, "epochs": 1, "train_batch_size": 64,
-    "eval_batch_size": 64, "show_progress": False, "state": "ERROR", "seed": 2020,
-}
+from conftest import TINY_UNISAR as TINY  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -36,27 +30,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def search_data(ml100k_slice, tmp_path) -> dict:
-    """The ml-100k slice (40 users, 15 ratings each) made semi-synthetic search data by genre."""
-    source = Path(ml100k_slice["data_path"]) / ml100k_slice["dataset"]
-    folder = tmp_path / "raw" / "ml-small"
-    folder.mkdir(parents=True)
-    lines = (source / f"{source.name}.inter").read_text(encoding="utf-8").splitlines()
-    per_user: dict = {}
-    for row in lines[1:]:
-        user = int(row.split("\t")[0])
-        if user <= 40 and len(per_user.setdefault(user, [])) < 15:
-            per_user[user].append(row)
-    rows = [row for user in sorted(per_user) for row in per_user[user]]
-    (folder / "ml-small.inter").write_text("\n".join([lines[0]] + rows) + "\n", encoding="utf-8")
-    (folder / "ml-small.item").write_text((source / f"{source.name}.item").read_text(encoding="utf-8"), encoding="utf-8")
-    output = tmp_path / "dataset" / "MLSearch"
-    amazon_search.convert(folder, output, search_ratio=0.5, category_field="class", title_field="movie_title")
-    return {"config_file": str(output / "MLSearch.yaml"), "folder": output,
-            "config_dict": {**TINY, "checkpoint_dir": ml100k_slice["checkpoint_dir"]}}
 
 
 def _prepared(search_data, **overrides):
