@@ -15,9 +15,9 @@ compat.apply()
 from recbole.trainer import HyperTuning  # noqa: E402
 
 from recbole_llm.errors import MissingFileError, UserError  # noqa: E402
+from recbole_llm.profiles import PROFILE_HELP, PROFILES  # noqa: E402
 from recbole_llm.quick_start import objective_function  # noqa: E402
 from recbole_llm.registry import get_model  # noqa: E402
-from recbole_llm.profiles import PROFILE_HELP, PROFILES  # noqa: E402
 from recbole_llm.utils import exit_on_user_error, split_files  # noqa: E402
 
 _RANGE_TYPES = ("choice", "uniform", "quniform", "loguniform")
