@@ -100,7 +100,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = parser.parse_args()
-    sys.argv = sys.argv[:1]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, test_data = _trained_model(args)
     interaction = next(iter(test_data))[0][: args.users]

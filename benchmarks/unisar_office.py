@@ -107,7 +107,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared cores)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    sys.argv = sys.argv[:1]
     data_root = REPO / "dataset"
     mixed = convert("amazon_search", [args.data], data_root / "OfficeSearch", search_ratio=0.5, seed=2020,
                     overwrite=True).path

@@ -23,53 +23,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from recbole_llm.errors import MissingFileError
+from recbole_llm.profiles import DATASET_PROFILES, MODEL_PROFILES, PROFILES, job_overrides
+from recbole_llm.utils import exit_on_user_error
+
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
-
-# Size profiles. "cpu": small Transformers that make a results table affordable on a laptop
-# CPU; "default": the models' own yaml defaults (the paper-size settings, for a GPU).
-PROFILES: Dict[str, Dict[str, Any]] = {
-    "cpu": {
-        "hidden_size": 64,
-        "inner_size": 128,
-        "n_layers": 2,
-        "n_heads": 2,
-        "MAX_ITEM_LIST_LENGTH": 20,  # stored history per sequence; see DATASET_PROFILES
-        "epochs": 30,
-        "stopping_step": 5,
-        "train_batch_size": 1024,
-        "eval_batch_size": 1024,
-    },
-    "default": {},
-}
-
-# Per-model additions to a profile: the generative models size their T5 with their own keys, an
-# epoch of theirs costs several of SASRec's on a CPU, and each validation pass runs a beam search
-# over every user, so they train fewer epochs and validate less often, at a higher learning rate
-# (Office, epoch 2: valid NDCG@10 0.0058 at 0.005 against 0.0028 at the yaml's 0.001).
-MODEL_PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
-    "cpu": {
-        model: {"d_model": 64, "d_kv": 16, "num_heads": 4, "d_ff": 256, "num_layers": 2,
-                "num_decoder_layers": 2, "train_batch_size": 256, "eval_batch_size": 256,
-                "rqvae_epochs": 100, "epochs": 20, "eval_step": 2, "stopping_step": 3,
-                "learning_rate": 0.005}
-        for model in ("TIGER", "LETTER")
-    } | {"LLMSeqSim": {"epochs": 0}},  # training-free: the table states its evaluation time only
-    "default": {},
-}
-
-
-# Per-dataset settings that every profile must respect: the pre-split benchmark files of
-# Scientific store histories of up to 50 items (the UniSRec/VQ-Rec protocol), and RecBole cannot
-# keep the latest items of a longer stored history, so the model must accept all 50.
-DATASET_PROFILES: Dict[str, Dict[str, Any]] = {
-    "Scientific": {"MAX_ITEM_LIST_LENGTH": 50},
-}
-
-
-def job_overrides(profile: str, model: str, dataset: str, extra: Dict[str, Any]) -> Dict[str, Any]:
-    """A job's config: the profile, its per-model and per-dataset additions, then ``--set`` values."""
-    return {**PROFILES[profile], **MODEL_PROFILES[profile].get(model, {}), **DATASET_PROFILES.get(dataset, {}),
-            **extra}
 
 # Datasets the table knows how to prepare from ../shared/data (raw upstream files).
 CONVERTIBLE = {
@@ -84,7 +42,7 @@ def dataset_config_files(dataset: str, data_root: Path) -> List[str]:
         return []
     yaml_file = data_root / dataset / f"{dataset}.yaml"
     if not yaml_file.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{yaml_file} not found: convert the dataset first, or pass --prepare with --shared_data"
         )
     return [str(yaml_file)]
@@ -259,7 +217,6 @@ def write_outputs(rows: List[Dict[str, Any]], dataset: str, out: Path, meta: Dic
 def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
-        sys.argv = [sys.argv[0]]  # RecBole's Config must not read the worker's spec as overrides
         _worker_main(argv[1:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -321,4 +278,4 @@ if __name__ == "__main__":
     # A terminated table run must not leave its job running: SIGTERM becomes SystemExit, on which
     # subprocess.run kills the job before re-raising.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    main()
+    exit_on_user_error(main)()

@@ -1,7 +1,9 @@
 """Compatibility patches for RecBole 1.2.1 on a modern stack.
 
 This is the only module that patches RecBole or its dependencies. Every patch checks whether it
-is needed and is a no-op otherwise; ``apply()`` runs once, on ``import recbole_llm``.
+is needed and is a no-op otherwise; ``apply()`` runs once, where RecBole is first used (importing
+:mod:`recbole_llm.config`, :mod:`recbole_llm.registry` or :mod:`recbole_llm.quick_start`), so a
+plain ``import recbole_llm`` or a file conversion never imports or patches RecBole.
 
 Patches
 -------
@@ -31,12 +33,29 @@ autograd_anomaly
     which made a T5 epoch 1.6x slower (Office, one thread: 152 s against 93 s). The package is
     imported here and anomaly detection switched back off unless it was on before. Turn it on
     after ``import recbole_llm`` to debug.
+faiss_loader_noise
+    faiss tries its AVX512-SPR, AVX512 and AVX2 builds in turn and logs every miss at INFO
+    ("Could not load library with AVX2 support due to: ModuleNotFoundError(...)"); once RecBole's
+    logger shows INFO, a clean run prints three lines that read like errors. Those loader
+    messages are dropped; the loader's warnings and errors still show.
+grad_scaler_warning
+    RecBole's trainer builds ``torch.cuda.amp.GradScaler(...)`` every epoch, and torch >= 2.4
+    warns that this spelling is deprecated on every run. That one FutureWarning is ignored;
+    every other warning still shows.
+recbole_pandas_warnings
+    RecBole 1.2.1's dataset module calls pandas in ways pandas 2.2+ deprecates (chained
+    ``fillna(inplace=True)``, ``Series.agg(len)``): four FutureWarnings per run that a user cannot
+    act on (the pandas<3 pin is what keeps that code correct, see ``check_pandas``). FutureWarnings
+    raised from ``recbole.data.dataset`` are ignored; the same warnings from any other module
+    still show.
 """
 from __future__ import annotations
 
 import inspect
+import logging
 import sys
 import types
+import warnings
 from typing import Dict
 
 import numpy as np
@@ -167,6 +186,57 @@ def disable_recbole_anomaly_detection() -> bool:
     return False
 
 
+_FAISS_LOADER_MESSAGES = ("Loading faiss", "Successfully loaded faiss", "Could not load library with")
+
+
+class _FaissLoaderFilter(logging.Filter):
+    """Drops faiss's INFO-level messages about which instruction-set build it loads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno < logging.WARNING and str(record.msg).startswith(_FAISS_LOADER_MESSAGES))
+
+
+def silence_faiss_loader() -> bool:
+    """Hide faiss's instruction-set fallback lines (INFO records of ``faiss.loader``)."""
+    logger = logging.getLogger("faiss.loader")
+    if any(isinstance(f, _FaissLoaderFilter) for f in logger.filters):
+        return False
+    logger.addFilter(_FaissLoaderFilter())
+    return True
+
+
+GRAD_SCALER_WARNING = r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated"
+
+
+def silence_grad_scaler_warning() -> bool:
+    """Ignore torch's deprecation warning for the ``torch.cuda.amp.GradScaler`` RecBole builds."""
+    if any(f[1] is not None and f[1].pattern == GRAD_SCALER_WARNING for f in warnings.filters):
+        return False
+    warnings.filterwarnings("ignore", message=GRAD_SCALER_WARNING, category=FutureWarning)
+    return True
+
+
+def silence_recbole_pandas_warnings() -> bool:
+    """Ignore the pandas FutureWarnings attributed to RecBole's dataset module."""
+    pattern = r"recbole\.data\.dataset"
+    if any(f[0] == "ignore" and f[2] is FutureWarning and f[3] is not None and f[3].pattern == pattern
+           for f in warnings.filters):
+        return False
+    warnings.filterwarnings("ignore", category=FutureWarning, module=pattern)
+    return True
+
+
+def check_recbole() -> None:
+    """RecBole 1.2.1 is installed with ``--no-deps`` on Python >= 3.12: say so when it is absent."""
+    try:
+        import recbole  # noqa: F401
+    except ImportError as err:
+        raise ImportError(
+            "recbole-llm needs RecBole 1.2.1, which is not installed. On Python >= 3.12 install it "
+            "without its ray pin: pip install --no-deps recbole==1.2.1 (see the README's Install)."
+        ) from err
+
+
 def check_pandas() -> None:
     """RecBole 1.2.1 silently corrupts token_seq fields under pandas 3 (copy-on-write)."""
     import pandas
@@ -184,10 +254,14 @@ def check_pandas() -> None:
 def apply() -> Dict[str, bool]:
     """Apply every patch once; returns {patch name: whether it changed anything}."""
     if not _applied:
+        check_recbole()
         check_pandas()
         _applied["numpy_aliases"] = patch_numpy_aliases()
         _applied["checkpoint_loading"] = patch_checkpoint_loading()
         _applied["cpu_ddp"] = patch_cpu_ddp()
         _applied["hyperopt_generator"] = patch_hyperopt_generator()
         _applied["autograd_anomaly"] = disable_recbole_anomaly_detection()
+        _applied["faiss_loader_noise"] = silence_faiss_loader()
+        _applied["grad_scaler_warning"] = silence_grad_scaler_warning()
+        _applied["recbole_pandas_warnings"] = silence_recbole_pandas_warnings()
     return dict(_applied)

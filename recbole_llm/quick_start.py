@@ -4,20 +4,37 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 import time
 from logging import getLogger
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-import torch
-from recbole.data import data_preparation
-from recbole.utils import get_environment, init_logger, init_seed, set_color
+from recbole_llm import compat
 
-from recbole_llm import stages
-from recbole_llm.config import Config
-from recbole_llm.memory import fit_eval_batch_size
-from recbole_llm.registry import create_dataset, get_model, get_trainer
-from recbole_llm.trainer.distributed import distributed_trainer
+compat.apply()
+
+import torch  # noqa: E402
+from recbole.data import data_preparation  # noqa: E402
+from recbole.utils import get_environment, init_logger, init_seed, set_color  # noqa: E402
+
+from recbole_llm import stages  # noqa: E402
+from recbole_llm.config import Config  # noqa: E402
+from recbole_llm.errors import MissingFileError, UserError  # noqa: E402
+from recbole_llm.memory import fit_eval_batch_size  # noqa: E402
+from recbole_llm.registry import create_dataset, get_model, get_trainer  # noqa: E402
+from recbole_llm.trainer.distributed import distributed_trainer  # noqa: E402
+from recbole_llm.utils import unique_run_file  # noqa: E402
+
+
+def check_topk(config: Config, dataset) -> None:
+    """Refuse a ranking cut-off larger than the number of items, before any training."""
+    n_items = dataset.item_num - 1  # RecBole counts the padding id 0
+    largest = max(config["topk"])
+    if n_items < largest:
+        kept = [k for k in config["topk"] if k <= n_items] or [n_items]
+        raise UserError(
+            f"dataset {config['dataset']!r} has {n_items} items, fewer than the largest topk {largest}: "
+            f"set topk to at most {n_items}, e.g. --topk=\"{kept}\""
+        )
 
 
 def _build(config: Config):
@@ -26,6 +43,7 @@ def _build(config: Config):
     logger = getLogger()
     dataset = create_dataset(config)
     logger.info(dataset)
+    check_topk(config, dataset)
     fit_eval_batch_size(config, dataset.item_num)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
@@ -36,8 +54,13 @@ def _build(config: Config):
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A hash of every parameter and buffer: equal fingerprints mean identical weights."""
+    return state_fingerprint(model.state_dict())
+
+
+def state_fingerprint(state_dict: Dict[str, torch.Tensor]) -> str:
+    """:func:`model_fingerprint` of a state dict (a checkpoint's ``state_dict``, for instance)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state_dict.items()):
         digest.update(name.encode("utf-8"))
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -61,6 +84,15 @@ class _EpochTimer:
             self.epochs += 1
 
 
+def _run_checkpoint_file(config: Config, folder: str) -> str:
+    """This run's own checkpoint path. RecBole names it ``<model>-<date to the second>.pth``, so
+    runs started together shared one; every rank of a data-parallel run takes rank 0's name."""
+    name = [unique_run_file(folder, config["model"])]
+    if not config["single_spec"]:
+        torch.distributed.broadcast_object_list(name, src=0)
+    return name[0]
+
+
 def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[str, Any]:
     start = time.perf_counter()
     with stages.collect_reports() as reports:
@@ -70,6 +102,7 @@ def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[s
     if not config["single_spec"]:
         trainer_class = distributed_trainer(trainer_class)
     trainer = trainer_class(config, model)
+    trainer.saved_model_file = _run_checkpoint_file(config, trainer.checkpoint_dir)
     epoch_timer = _EpochTimer(trainer)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, verbose=verbose, saved=saved, show_progress=config["show_progress"]
@@ -103,8 +136,14 @@ def run_recbole_llm(
     config_file_list: Optional[List[str]] = None,
     config_dict: Optional[Dict[str, Any]] = None,
     saved: bool = True,
+    argv: Optional[Sequence[str]] = None,
+    profile: str = "default",
 ) -> Dict[str, Any]:
     """Train and test one model (plugin or RecBole built-in) and return RecBole's result dict.
+
+    ``argv`` holds ``--key=value`` overrides (above ``config_dict``, as on RecBole's command
+    line); ``profile`` (``cpu`` or ``default``) fills the keys none of them sets with the sizes
+    of :mod:`recbole_llm.profiles`.
 
     Keys: model, best_valid_score, valid_score_bigger, best_valid_result, test_result,
     saved_model_file (the best checkpoint when ``saved``), preparation (a plugin model's report
@@ -113,29 +152,73 @@ def run_recbole_llm(
     preparation, epochs, train seconds per epoch, test-evaluation seconds). For data-parallel
     training over several processes use :func:`run`.
     """
-    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict,
+                    argv=argv, profile=profile)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
-    logger.info(sys.argv)
+    if argv:
+        logger.info(f"overrides: {' '.join(argv)}")
     logger.info(config)
     result = _train_and_test(config, saved=saved)
     environment = get_environment(config)
     logger.info("The running environment of this training is as follows:\n" + environment.draw())
     logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
     logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
+    logger.info(run_summary(config, result))
     if not config["single_spec"]:
         torch.distributed.destroy_process_group()
     return result
+
+
+def metrics_table(result: Dict[str, float]) -> str:
+    """``{"recall@10": ..., "ndcg@50": ...}`` as a small text table: one row per metric, one
+    column per cut-off."""
+    cutoffs: List[str] = []
+    rows: Dict[str, Dict[str, float]] = {}
+    for key, value in result.items():
+        metric, _, k = key.partition("@")
+        if k and k not in cutoffs:
+            cutoffs.append(k)
+        rows.setdefault(metric, {})[k] = value
+    width = max([len(metric) for metric in rows] + [6])
+    lines = ["  ".join([" " * width] + [f"{'@' + k:>8}" for k in cutoffs])]
+    for metric, values in rows.items():
+        cells = [f"{values[k]:8.4f}" if k in values else " " * 8 for k in cutoffs]
+        lines.append("  ".join([f"{metric:<{width}}"] + cells))
+    return "\n".join(lines)
+
+
+def run_summary(config: Config, result: Dict[str, Any]) -> str:
+    """What a run ends with: the test metrics, the checkpoint and how to reload it."""
+    timing = result["timing"]
+    lines = [
+        f"{config['model']} on {config['dataset']}: {timing['epochs']} epochs, "
+        f"{timing['train_seconds_per_epoch']:.1f} s per epoch",
+        "test result:",
+        metrics_table(result["test_result"]),
+    ]
+    checkpoint = result.get("saved_model_file")
+    if checkpoint and os.path.isfile(checkpoint):
+        lines += [
+            f"checkpoint: {checkpoint}",
+            "reload it with:",
+            f"    python -c \"from recbole_llm import load_data_and_model; "
+            f"config, model, dataset, train, valid, test = load_data_and_model({checkpoint!r})\"",
+        ]
+    return "\n".join(lines)
 
 
 def objective_function(
     config_dict: Optional[Dict[str, Any]] = None,
     config_file_list: Optional[List[str]] = None,
     saved: bool = True,
+    argv: Optional[Sequence[str]] = None,
+    profile: str = "default",
 ) -> Dict[str, Any]:
-    """One tuning trial, with the signature RecBole's ``HyperTuning`` calls."""
-    config = Config(config_dict=config_dict, config_file_list=config_file_list)
+    """One tuning trial, with the signature RecBole's ``HyperTuning`` calls; ``argv`` and
+    ``profile`` are the fixed overrides and size profile of every trial."""
+    config = Config(config_dict=config_dict, config_file_list=config_file_list, argv=argv, profile=profile)
     init_seed(config["seed"], config["reproducibility"])
     logging.basicConfig(level=logging.ERROR)
     return _train_and_test(config, saved=saved, verbose=False)
@@ -146,6 +229,9 @@ def load_data_and_model(model_file: str):
 
     Returns ``(config, model, dataset, train_data, valid_data, test_data)`` as RecBole does.
     """
+    if not os.path.isfile(model_file):
+        raise MissingFileError(f"checkpoint {model_file!r} does not exist")
+    # A checkpoint pickles RecBole's Config: loading it runs code, so it must come from a trusted source.
     checkpoint = torch.load(model_file, map_location="cpu", weights_only=False)
     config = checkpoint["config"]
     config["device"] = torch.device("cuda" if torch.cuda.is_available() and config["gpu_id"] else "cpu")
@@ -157,13 +243,15 @@ def load_data_and_model(model_file: str):
     return config, model, dataset, train_data, valid_data, test_data
 
 
-def _run_rank(rank: int, model, dataset, config_file_list, config_dict, saved, queue) -> None:
+def _run_rank(rank: int, model, dataset, config_file_list, config_dict, saved, argv, profile, queue) -> None:
     result = run_recbole_llm(
         model=model,
         dataset=dataset,
         config_file_list=config_file_list,
         config_dict={**config_dict, "local_rank": rank},
         saved=saved,
+        argv=argv,
+        profile=profile,
     )
     queue.put((rank, result))
 
@@ -179,6 +267,8 @@ def run(
     ip: str = "localhost",
     port: str = "5678",
     group_offset: int = 0,
+    argv: Optional[Sequence[str]] = None,
+    profile: str = "default",
 ) -> Dict[str, Any]:
     """Train and test in one process, or data-parallel in ``nproc`` processes on this node.
 
@@ -186,8 +276,11 @@ def run(
     ``port`` and ``group_offset`` (the global rank of this node's first process) span nodes.
     Returns rank 0's result dict, with ``rank_results`` holding every local rank's result.
     """
+    if not isinstance(nproc, int) or nproc < 1:
+        raise UserError(f"nproc must be a whole number of processes >= 1, got {nproc!r}: use --nproc=1 "
+                        "for one process, --nproc=N for N processes on this node")
     if nproc == 1 and world_size <= 0:
-        return run_recbole_llm(model, dataset, config_file_list, config_dict, saved)
+        return run_recbole_llm(model, dataset, config_file_list, config_dict, saved, argv=argv, profile=profile)
     import torch.multiprocessing as mp
 
     # RecBole's init_logger creates ./log/<model> without exist_ok: create it before the ranks race.
@@ -203,7 +296,8 @@ def run(
     }
     mp.spawn(
         _run_rank,
-        args=(model, dataset, config_file_list, {**(config_dict or {}), **distributed}, saved, queue),
+        args=(model, dataset, config_file_list, {**(config_dict or {}), **distributed}, saved,
+              list(argv or []), profile, queue),
         nprocs=nproc,
         join=True,
     )

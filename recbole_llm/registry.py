@@ -12,17 +12,24 @@ Nothing is imported from ``recbole.quick_start`` (it imports ray at module impor
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import os
 import pkgutil
+import re
 from typing import Dict, List, Type
+
+from recbole_llm import compat
+
+compat.apply()
 
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.utils import ModelType
 from recbole.utils import get_trainer as recbole_get_trainer
 
 import recbole_llm.model as plugin_model_package
+from recbole_llm.errors import MissingFileError, UserError
 
 _RECBOLE_MODEL_SUBMODULES = (
     "general_recommender",
@@ -60,15 +67,21 @@ def _class_in_module(module_path: str, name: str) -> type:
     raise ValueError(f"module {module_path} defines no model class named {name!r}")
 
 
+def _class_name_in_source(module_path: str, name: str) -> str:
+    """The spelling of the class ``name`` defined in a module's source, read without importing it."""
+    package, _, leaf = module_path.rpartition(".")
+    folder = importlib.util.find_spec(package).submodule_search_locations[0]  # does not run its __init__
+    with open(os.path.join(folder, f"{leaf}.py"), "r", encoding="utf-8") as f:
+        for match in re.finditer(r"^class\s+(\w+)", f.read(), flags=re.MULTILINE):
+            if match.group(1).lower() == name:
+                return match.group(1)
+    return name
+
+
 def available_models() -> Dict[str, List[str]]:
-    """Names of the plugin's models and of RecBole's (module names, as RecBole spells files)."""
-    plugin = []
-    for name, path in sorted(_plugin_model_modules().items()):
-        try:
-            plugin.append(_class_in_module(path, name).__name__)
-        except (ImportError, ValueError):
-            plugin.append(name)
-    recbole_names = sorted(_recbole_model_modules())
+    """Class names of the plugin's models and of RecBole's, as a user types them (``SASRec``)."""
+    plugin = sorted(_class_name_in_source(path, name) for name, path in _plugin_model_modules().items())
+    recbole_names = sorted(_class_name_in_source(path, name) for name, path in _recbole_model_modules().items())
     return {"recbole_llm": plugin, "recbole": recbole_names}
 
 
@@ -83,10 +96,12 @@ def get_model(model_name: str) -> type:
         try:
             return _class_in_module(recbole_modules[key], model_name)
         except ImportError as err:  # exlib models (lightgbm, xgboost) need optional packages
-            raise ValueError(f"model {model_name!r} needs an optional package: {err}") from err
+            raise UserError(f"model {model_name!r} needs an optional package: {err}") from err
     names = available_models()
-    raise ValueError(
-        f"unknown model {model_name!r}. Plugin models: {', '.join(names['recbole_llm'])}. "
+    close = difflib.get_close_matches(model_name, names["recbole_llm"] + names["recbole"], n=1, cutoff=0.7)
+    raise UserError(
+        f"unknown model {model_name!r}{f' (did you mean {close[0]!r}?)' if close else ''}. "
+        f"Plugin models: {', '.join(names['recbole_llm'])}. "
         f"RecBole models: {', '.join(names['recbole'])}."
     )
 
@@ -104,7 +119,7 @@ def _check_dataset_files(config) -> None:
     data_path = config["data_path"]
     if config["dataset"] == "ml-100k" or os.path.isdir(data_path):
         return
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"dataset folder {data_path!r} for dataset {config['dataset']!r} does not exist. "
         f"Set data_path (now {os.path.dirname(data_path)!r}) or convert the raw data first: "
         "python -m recbole_llm.convert <format> --input ... --output dataset/<name>"

@@ -1,12 +1,16 @@
-"""Small helpers shared by the plugin: cache folders and atomic file writes."""
+"""Small helpers shared by the plugin: cache folders, atomic file writes, run-file names and the
+command-line conventions every entry point follows."""
 from __future__ import annotations
 
+import datetime
+import functools
 import hashlib
 import json
 import os
 import secrets
+import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, List, Optional, TypeVar
 
 import numpy as np
 
@@ -74,3 +78,37 @@ def save_array(path: Path, array: np.ndarray) -> None:
             np.save(f, array)
 
     atomic_write(path, write)
+
+
+def split_files(value: Optional[str]) -> Optional[List[str]]:
+    """``--config_files`` as a list: names separated by spaces or commas (None when empty)."""
+    if not value:
+        return None
+    return [part for part in value.replace(",", " ").split() if part]
+
+
+def unique_run_file(folder: str, model: str, suffix: str = ".pth") -> str:
+    """``<folder>/<model>-<date_time with microseconds>-<pid>-<random>.pth``: two runs started in
+    the same second, in one process or several, never share it."""
+    stamp = datetime.datetime.now().strftime("%b-%d-%Y_%H-%M-%S-%f")
+    return os.path.join(folder, f"{model}-{stamp}-{os.getpid()}-{secrets.token_hex(3)}{suffix}")
+
+
+_Result = TypeVar("_Result")
+
+
+def exit_on_user_error(main: Callable[..., _Result]) -> Callable[..., _Result]:
+    """Decorate a command-line ``main``: a :class:`~recbole_llm.errors.UserError` prints
+    ``error: <message>`` on stderr and exits with status 2; any other exception is a bug and
+    keeps its traceback."""
+    from recbole_llm.errors import UserError
+
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> _Result:
+        try:
+            return main(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapped

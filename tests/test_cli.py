@@ -35,12 +35,58 @@ def test_cli_trains_and_prints_metrics(tmp_path, tiny_config):
     log = proc.stdout + proc.stderr
     assert "test result" in log and "ndcg@10" in log
     assert "learning_rate = 0.002" in log  # the --key=value override reached RecBole's Config
+    assert "checkpoint: " in log and "load_data_and_model(" in log  # the closing summary
+    for noise in ("Could not load library", "GradScaler", "FutureWarning"):
+        assert noise not in log
+
+
+def _assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """One line ``error: ...`` on stderr, exit status 2, no traceback."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and all(f in line for f in fragments), line
 
 
 def test_cli_unknown_model_fails_with_the_list(tmp_path):
     proc = _run([str(REPO_ROOT / "run_recbole_llm.py"), "--model=NoSuchModel"], cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "unknown model 'NoSuchModel'" in proc.stderr and "bert4rec" in proc.stderr
+    _assert_user_error(proc, "unknown model 'NoSuchModel'", "SASRec", "BERT4Rec", "VQRec")
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--model=SASRec", "--dataset=not-converted"], ["dataset folder", "not-converted", "recbole_llm.convert"]),
+    (["--model=SASRec", "--config_files=absent.yaml"], ["config file 'absent.yaml' does not exist"]),
+    (["--model=SASRec", "--epochs=abc"], ["'epochs'", "expected a number"]),
+    (["--model=SASRec", "--nproc=0"], ["nproc must be", "--nproc=1"]),
+    (["--model=SASRec", "--profile=cpu", "--topk=[10,5000]"], ["topk", "at most 1682"]),
+])
+def test_cli_user_errors_are_one_line_with_status_2(tmp_path, args, fragments):
+    _assert_user_error(_run([str(REPO_ROOT / "run_recbole_llm.py"), *args], cwd=tmp_path), *fragments)
+
+
+def test_cli_bug_keeps_its_traceback(tmp_path):
+    code = ("import recbole_llm.quick_start as q\n"
+            "def boom(**kwargs):\n    raise RuntimeError('a bug')\n"
+            "q.run = boom\nfrom recbole_llm.cli import main\nmain(['--model=SASRec'])")
+    proc = _run(["-c", code], cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "RuntimeError: a bug" in proc.stderr
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--model=NoSuchModel", "--params_file=p.hyper"], ["unknown model 'NoSuchModel'", "SASRec"]),
+    (["--model=SASRec", "--params_file=absent.hyper"], ["'absent.hyper' does not exist"]),
+    (["--model=SASRec", "--params_file=bad.hyper"], ["bad.hyper:1", "learning_rate sometimes"]),
+])
+def test_run_hyper_user_errors_are_one_line_with_status_2(tmp_path, args, fragments):
+    (tmp_path / "p.hyper").write_text("learning_rate choice [0.001]\n", encoding="utf-8")
+    (tmp_path / "bad.hyper").write_text("learning_rate sometimes [0.001]\n", encoding="utf-8")
+    _assert_user_error(_run([str(REPO_ROOT / "run_hyper.py"), *args], cwd=tmp_path), *fragments)
+
+
+def test_benchmark_user_error_is_one_line_with_status_2(tmp_path):
+    proc = _run(["-m", "recbole_llm.benchmark", "--datasets", "NotConverted", "--out", str(tmp_path / "out")],
+                cwd=tmp_path)
+    _assert_user_error(proc, "NotConverted")
 
 
 def test_run_hyper_two_trials_write_result_file(tmp_path, tiny_config):

@@ -107,6 +107,48 @@ def _anomaly_mode_after(code: str) -> bool:
 def test_recbole_sequential_models_leave_autograd_anomaly_mode_off():
     # RecBole alone: importing its sequential models (SINE) turns anomaly detection on globally
     assert _anomaly_mode_after("import recbole.model.sequential_recommender")
-    assert not _anomaly_mode_after("import recbole_llm\nfrom recbole.utils import get_model\nget_model('SINE')")
-    # a user who turned it on before importing recbole_llm keeps it
-    assert _anomaly_mode_after("torch.autograd.set_detect_anomaly(True)\nimport recbole_llm")
+    assert not _anomaly_mode_after("import recbole_llm.registry\nfrom recbole.utils import get_model\nget_model('SINE')")
+    # a user who turned it on before recbole_llm patched RecBole keeps it
+    assert _anomaly_mode_after("torch.autograd.set_detect_anomaly(True)\nimport recbole_llm.registry")
+
+
+def _stderr_of(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+
+
+def test_faiss_fallback_lines_are_silenced_and_its_warnings_kept():
+    # RecBole's logger shows INFO; faiss then logs each instruction-set build it fails to load
+    show_info = "import logging\nlogging.basicConfig(level=logging.INFO)\n"
+    warn = "\nlogging.getLogger('faiss.loader').warning('Could not load library with a real problem')"
+    assert "Loading faiss" in _stderr_of(show_info + "import faiss")
+    quiet = _stderr_of(show_info + "import recbole_llm.config\nimport faiss" + warn)
+    assert "Loading faiss" not in quiet and "Could not load library with AVX" not in quiet
+    assert "a real problem" in quiet  # WARNING records still show
+
+
+def test_grad_scaler_deprecation_is_silenced_and_other_warnings_kept():
+    # in a fresh interpreter: pytest installs its own warning filters in front of the patch's
+    code = ("import warnings\nwarnings.simplefilter('always')\nimport torch\nimport recbole_llm.config\n"
+            "torch.cuda.amp.GradScaler(enabled=False)\nwarnings.warn('a real deprecation', FutureWarning)")
+    assert "GradScaler" in _stderr_of("import warnings\nwarnings.simplefilter('always')\nimport torch\n"
+                                      "torch.cuda.amp.GradScaler(enabled=False)")
+    stderr = _stderr_of(code)
+    assert "GradScaler" not in stderr and "a real deprecation" in stderr
+
+
+def test_recbole_dataset_pandas_warnings_are_silenced_elsewhere_kept():
+    code = ("import warnings\nwarnings.simplefilter('always')\nimport recbole_llm.config\n"
+            "import recbole.data.dataset.dataset as d\n"
+            "warnings.warn_explicit('chained', FutureWarning, d.__file__, 1, module=d.__name__)\n"
+            "warnings.warn('user code', FutureWarning)")
+    stderr = _stderr_of(code)
+    assert "chained" not in stderr and "user code" in stderr
+
+
+def test_import_does_not_patch_or_import_recbole():
+    code = ("import sys\nimport recbole_llm, recbole_llm.convert, recbole_llm.profiles, recbole_llm.errors\n"
+            "assert 'recbole' not in sys.modules and 'torch' not in sys.modules, sorted(sys.modules)\n"
+            "from recbole_llm import compat\nassert not compat._applied\n"
+            "from recbole_llm import Config\nassert 'recbole' in sys.modules and compat._applied\nprint('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

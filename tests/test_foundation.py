@@ -8,6 +8,7 @@ import pytest
 import recbole_llm
 from recbole_llm import Config, available_models, get_model, run_recbole_llm
 from recbole_llm.config import properties_dir
+from recbole_llm.errors import UserError
 
 
 def _finite(result: dict) -> bool:
@@ -23,15 +24,17 @@ def test_builtin_models_train_through_plugin_entry_point(model, tiny_config):
 
 
 def test_unknown_model_lists_available_models():
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(UserError) as err:
         get_model("NoSuchModel")
     message = str(err.value)
-    assert "NoSuchModel" in message and "sasrec" in message.lower()
+    assert "NoSuchModel" in message and "SASRec" in message and "BERT4Rec" in message
 
 
 def test_model_names_resolve_case_insensitively():
     assert get_model("sasrec").__name__ == "SASRec"
-    assert "sasrec" in available_models()["recbole"]
+    names = available_models()
+    assert {"SASRec", "BERT4Rec", "GRU4Rec", "LightGCN"} <= set(names["recbole"])
+    assert {"VQRec", "TIGER", "LETTER", "SAID", "UniSAR"} <= set(names["recbole_llm"])
 
 
 def test_plugin_defaults_apply_to_builtin_models():
@@ -49,8 +52,9 @@ def test_properties_found(tmp_path):
 
 def test_missing_dataset_folder_is_a_clear_error(tmp_path, tiny_config):
     config = {**tiny_config, "data_path": str(tmp_path / "nowhere")}
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(FileNotFoundError, match="nowhere") as err:
         run_recbole_llm(model="SASRec", dataset="not-converted", config_dict=config, saved=False)
+    assert isinstance(err.value, UserError)
 
 
 def test_malformed_yaml_is_a_clear_error(tmp_path):
