@@ -18,7 +18,7 @@ import importlib.util
 import os
 import pkgutil
 import re
-from typing import Dict, List, Type
+from typing import Dict, List
 
 from recbole_llm import compat
 

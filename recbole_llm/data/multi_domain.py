@@ -17,6 +17,7 @@ merge reads the files as they are.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
