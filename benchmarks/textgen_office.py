@@ -58,7 +58,6 @@ def main(argv=None) -> dict:
 
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in args.set)}
     config_file = Path(args.data_root) / args.dataset / f"{args.dataset}.yaml"
-    sys.argv = sys.argv[:1]
     config = Config(model=args.model, dataset=args.dataset, config_file_list=[str(config_file)],
                     config_dict={"data_path": args.data_root, "state": "ERROR", "show_progress": False,
                                  "epochs": args.sasrec_epochs, **MODEL_SETTINGS[args.model], **overrides})
