@@ -50,7 +50,7 @@ def test_two_cpu_processes_keep_identical_weights(model, tiny_config, tiny_lm):
     assert ranks[0]["test_result"] == ranks[1]["test_result"] == result["test_result"]
 
 
-@pytest.mark.parametrize("model", ["SASRec", "TIGER"])
+@pytest.mark.parametrize("model", ["SASRec", "TIGER", "LLMSeqSim"])
 def test_sharded_evaluation_equals_one_process_exactly(model, tiny_config, tiny_lm):
     """Zero epochs: both runs evaluate rank 0's initial weights (DDP broadcasts them)."""
     config = {**_model_config(model, tiny_config, tiny_lm), "epochs": 0, "eval_batch_size": 7}

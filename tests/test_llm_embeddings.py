@@ -1,7 +1,6 @@
 """LLM item embeddings: the causal-LM text encoder, LLM2SASRec / LLM2BERT4Rec, LLMSeqSim, LEARN."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -322,13 +321,9 @@ def test_learn_pretrains_on_mixed_domains_then_fine_tunes(tiny_config, tiny_lm, 
         _build("LEARN", tiny_config, text_encoder=tiny_lm, pretrained_file=pretrained["saved_model_file"], hidden_size=32)
 
 
-def test_training_free_trainer_refuses_trainable_models_and_distributed_runs(tiny_config):
+def test_training_free_trainer_refuses_trainable_models(tiny_config):
     from recbole_llm.trainer.training_free import TrainingFreeTrainer
 
-    config, _, net, _ = _build("LLMSeqSim", tiny_config, text_encoder="all-MiniLM-L6-v2")
     sasrec_config, _, sasrec, _ = _build("SASRec", tiny_config)
     with pytest.raises(ValueError, match="has trainable parameters"):
         TrainingFreeTrainer(sasrec_config, sasrec)
-    config["single_spec"] = False
-    with pytest.raises(ValueError, match="nproc=1"):
-        TrainingFreeTrainer(config, net)

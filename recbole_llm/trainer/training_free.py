@@ -26,10 +26,14 @@ class TrainingFreeTrainer(Trainer):
     """RecBole's Trainer for a model that has nothing to learn: zero epochs, one validation."""
 
     def __init__(self, config, model):
-        if not config["single_spec"]:
-            raise ValueError(f"{type(model).__name__} is training-free: there is nothing to train in parallel; "
-                             "evaluate it in one process (nproc=1)")
-        super().__init__(config, model)
+        # DistributedDataParallel synchronises parameters and this model has none: build the trainer
+        # unwrapped; evaluation still shards the users over the ranks (see trainer/distributed.py)
+        single_spec = config["single_spec"]
+        config["single_spec"] = True
+        try:
+            super().__init__(config, model)
+        finally:
+            config["single_spec"] = single_spec
 
     def _build_optimizer(self, **kwargs):
         if any(p.requires_grad for p in self.model.parameters()):
