@@ -13,6 +13,7 @@ import torch
 from recbole.data import data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
+from recbole_llm import stages
 from recbole_llm.config import Config
 from recbole_llm.registry import create_dataset, get_model, get_trainer
 
@@ -59,7 +60,8 @@ class _EpochTimer:
 
 def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[str, Any]:
     start = time.perf_counter()
-    _, (train_data, valid_data, test_data), model = _build(config)
+    with stages.collect_reports() as reports:
+        _, (train_data, valid_data, test_data), model = _build(config)
     setup_seconds = time.perf_counter() - start
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     epoch_timer = _EpochTimer(trainer)
@@ -79,7 +81,7 @@ def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[s
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "saved_model_file": getattr(trainer, "saved_model_file", None) if saved else None,
-        "preparation": model.preparation_report() if hasattr(model, "preparation_report") else {},
+        "preparation": {report["stage"]: report for report in reports},
         "timing": {
             "setup_seconds": round(setup_seconds, 3),
             "epochs": epoch_timer.epochs,

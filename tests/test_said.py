@@ -11,6 +11,7 @@ import torch
 from recbole_llm import Config, create_dataset, run_recbole_llm
 from recbole_llm.llm import loader
 from recbole_llm.llm import semantic_embedding as stage1
+from recbole_llm.stages import Checkpoint
 
 TEXTS = [
     "",
@@ -62,7 +63,8 @@ def _settings(tiny_lm: str, **overrides) -> stage1.Stage1Settings:
 
 def _train(settings, checkpoint: Path):
     initial = stage1.initial_item_table(settings, torch.zeros(len(TEXTS), 384))
-    return stage1.train_semantic_embeddings(TEXTS, initial, settings, checkpoint, "cpu", show_progress=False)
+    return stage1.train_semantic_embeddings(TEXTS, initial, settings, Checkpoint(checkpoint), "cpu",
+                                            show_progress=False)
 
 
 def test_stage1_lowers_reconstruction_loss(tiny_lm, tmp_path):
@@ -91,11 +93,11 @@ def test_said_trains_frozen_embeddings_stay_fixed_and_cache_is_reused(tiny_confi
     config = _said_config(tiny_config, tiny_lm)
     result = run_recbole_llm(model="SAID", dataset=config["dataset"], config_dict=config, saved=True)
     assert all(math.isfinite(v) for v in result["test_result"].values())
-    report = result["preparation"]["stage1"]
+    report = result["preparation"]["said_stage1"]
     assert report["cached"] is False and report["loss_after"] < report["loss_before"]
-    cached = list((Path(config["cache_dir"]) / config["dataset"] / "said").glob("said_emb_*.npy"))
-    assert len(cached) == 1 and cached[0].with_suffix(".json").is_file()
-    assert not list(cached[0].parent.glob("said_ckpt_*")), "checkpoint left behind"
+    cached = list((Path(config["cache_dir"]) / config["dataset"] / "said").glob("said_stage1_*.npy"))
+    assert len(cached) == 1 and cached[0].with_suffix(".meta.json").is_file()
+    assert not list(cached[0].parent.glob("said_stage1_*.ckpt")), "checkpoint left behind"
     state = torch.load(result["saved_model_file"], map_location="cpu", weights_only=False)["state_dict"]
     np.testing.assert_array_equal(state["semantic_item_embedding.weight"].numpy(), np.load(cached[0]))
 
@@ -105,8 +107,8 @@ def test_said_trains_frozen_embeddings_stay_fixed_and_cache_is_reused(tiny_confi
     monkeypatch.setattr(stage1, "train_semantic_embeddings", no_training)
     again = run_recbole_llm(model="SAID", dataset=config["dataset"], config_dict=config, saved=False)
     assert again["test_result"] == result["test_result"]
-    assert again["preparation"]["stage1"]["cached"] is True
-    assert again["preparation"]["stage1"]["loss_after"] == report["loss_after"]
+    assert again["preparation"]["said_stage1"]["cached"] is True
+    assert again["preparation"]["said_stage1"]["loss_after"] == report["loss_after"]
 
 
 @pytest.mark.parametrize("freeze", [True, False])

@@ -49,7 +49,6 @@ class TIGER(SequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         codes = dataset.item_semantic_ids
-        self.semantic_id_report = dataset.semantic_id_report
         level_sizes = [config["rqvae_codebook_size"]] * config["rqvae_levels"]
         level_sizes.append(int(codes[1:, -1].max()) + 1)
         self.vocabulary = SemanticIdVocabulary(tuple(level_sizes))
@@ -68,10 +67,6 @@ class TIGER(SequentialRecommender):
         self.history_items = self.max_seq_length if history_items is None else int(history_items)
         if self.history_items < 1:
             raise ValueError(f"history_items must be a positive integer or ~, got {history_items!r}")
-
-    def preparation_report(self) -> dict:
-        """The tokenizer's report: collision rate before de-duplication, sizes."""
-        return {"semantic_ids": self.semantic_id_report}
 
     def _t5_config(self, config) -> T5Config:
         return T5Config(
