@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,3 +237,33 @@ def test_official_vqrec_code_table_maps_to_ours_and_back():
     assert back.keys() == ours.keys() and all(torch.equal(back[k], ours[k]) for k in ours)
     with pytest.raises(ValueError, match="trans_matrix"):
         vqrec_module.from_official_state({"pq_code_embedding.weight": official["pq_code_embedding.weight"]})
+
+
+OFFICIAL_CHECKPOINT = os.environ.get("RECBOLE_LLM_OFFICIAL_UNISREC_CHECKPOINT")
+
+
+@pytest.mark.skipif(not OFFICIAL_CHECKPOINT, reason="set RECBOLE_LLM_OFFICIAL_UNISREC_CHECKPOINT to a checkpoint "
+                    "written by RUCAIBox/UniSRec's pretrain.py (see docs/fidelity.md)")
+def test_a_checkpoint_of_the_authors_pretraining_loads_and_adapts_as_theirs(uni_config):
+    official = torch.load(OFFICIAL_CHECKPOINT, map_location="cpu", weights_only=False)["state_dict"]
+    width = official["moe_adaptor.w_gate"].shape[0]
+    hidden = official["position_embedding.weight"].shape[1]
+    n_exps = official["moe_adaptor.w_gate"].shape[1]
+    layers = len({key.split(".")[2] for key in official if key.startswith("trm_encoder.layer.")})
+    inner = official["trm_encoder.layer.0.feed_forward.dense_1.weight"].shape[0]
+    features = np.random.RandomState(0).randn(2000, width).astype(np.float32)
+    feat_file = Path(uni_config["cache_dir"]).parent / "official.feat1CLS"
+    features.tofile(feat_file)
+    overrides = {"train_stage": "inductive_ft", "pretrained_file": OFFICIAL_CHECKPOINT, "text_embedding_file": str(feat_file),
+                 "text_embedding_size": width, "hidden_size": hidden, "inner_size": inner, "n_layers": layers,
+                 "n_exps": n_exps, "MAX_ITEM_LIST_LENGTH": official["position_embedding.weight"].shape[0]}
+    _, _, model = _model(uni_config, **overrides)
+    for key in ("position_embedding.weight", "trm_encoder.layer.0.multi_head_attention.query.weight", "LayerNorm.bias"):
+        assert torch.equal(model.state_dict()[key], official[key])
+    model.eval()
+    x = model.item_text_emb[1:6]
+    gates = (x @ official["moe_adaptor.w_gate"]).softmax(-1)
+    expected = sum(gates[:, e:e + 1] * ((x - official[f"moe_adaptor.experts.{e}.bias"])
+                                        @ official[f"moe_adaptor.experts.{e}.lin.weight"].t()) for e in range(n_exps))
+    with torch.no_grad():
+        assert torch.allclose(model.adaptor(x), expected, atol=1e-5)
