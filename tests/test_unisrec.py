@@ -13,6 +13,7 @@ from recbole_llm import Config, run_recbole_llm
 from recbole_llm.data.transfer_dataset import drop_words, read_feat_file
 from recbole_llm.model import unisrec as unisrec_module
 from recbole_llm.model import vqrec as vqrec_module
+from recbole_llm.model._transfer import read_state_dict
 from recbole_llm.model.unisrec import MoEAdaptor, UniSRec
 from recbole_llm.quantize.pq import released_item_codes
 from recbole_llm.quick_start import _build
@@ -245,7 +246,7 @@ OFFICIAL_CHECKPOINT = os.environ.get("RECBOLE_LLM_OFFICIAL_UNISREC_CHECKPOINT")
 @pytest.mark.skipif(not OFFICIAL_CHECKPOINT, reason="set RECBOLE_LLM_OFFICIAL_UNISREC_CHECKPOINT to a checkpoint "
                     "written by RUCAIBox/UniSRec's pretrain.py (see docs/fidelity.md)")
 def test_a_checkpoint_of_the_authors_pretraining_loads_and_adapts_as_theirs(uni_config):
-    official = torch.load(OFFICIAL_CHECKPOINT, map_location="cpu", weights_only=False)["state_dict"]
+    official = read_state_dict(OFFICIAL_CHECKPOINT)  # its pickled Config names the authors' classes
     width = official["moe_adaptor.w_gate"].shape[0]
     hidden = official["position_embedding.weight"].shape[1]
     n_exps = official["moe_adaptor.w_gate"].shape[1]

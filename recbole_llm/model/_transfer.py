@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import types
 from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
@@ -29,13 +30,37 @@ def init_weights(module: nn.Module, std: float) -> None:
         module.bias.data.zero_()
 
 
+class _Unresolved:
+    """Stands in for a pickled object whose class cannot be imported here (e.g. the authors'
+    ``unisrec.UniSRec`` referenced from the Config a release's checkpoint pickles)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.__dict__["_state"] = state
+
+
+class _TolerantUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            logger.info("checkpoint references %s.%s, not importable here: kept as a placeholder", module, name)
+            return _Unresolved
+
+
+_TOLERANT_PICKLE = types.SimpleNamespace(Unpickler=_TolerantUnpickler, load=pickle.load, __name__="pickle")
+
+
 def read_state_dict(path: str) -> StateDict:
     """The tensors of a checkpoint: a RecBole checkpoint (``{"state_dict": ..., "config": ...}``,
     ours or the authors') or a bare state dict.
 
     A file of tensors only is read with ``weights_only=True``. RecBole checkpoints pickle the whole
     Config, which the safe loader refuses; those are read with ``weights_only=False``, so only
-    load checkpoints you trust.
+    load checkpoints you trust. Classes such a file names that cannot be imported here (the
+    authors' model classes) are read as placeholders: only the tensors are used.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained_file {path!r} does not exist (a checkpoint .pth)")
@@ -43,7 +68,7 @@ def read_state_dict(path: str) -> StateDict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         logger.info("%s holds more than tensors (a RecBole checkpoint): reading it with weights_only=False", path)
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TOLERANT_PICKLE)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"pretrained_file {path!r} holds no state dict of tensors")
