@@ -268,3 +268,27 @@ def test_a_checkpoint_of_the_authors_pretraining_loads_and_adapts_as_theirs(uni_
                                         @ official[f"moe_adaptor.experts.{e}.lin.weight"].t()) for e in range(n_exps))
     with torch.no_grad():
         assert torch.allclose(model.adaptor(x), expected, atol=1e-5)
+
+
+OFFICIAL_VQREC_CHECKPOINT = os.environ.get("RECBOLE_LLM_OFFICIAL_VQREC_CHECKPOINT")
+
+
+@pytest.mark.skipif(not OFFICIAL_VQREC_CHECKPOINT, reason="set RECBOLE_LLM_OFFICIAL_VQREC_CHECKPOINT to a checkpoint "
+                    "written by RUCAIBox/VQ-Rec's pretrain.py (see docs/fidelity.md)")
+def test_a_checkpoint_of_the_authors_vqrec_pretraining_loads_with_the_same_item_embeddings(uni_config):
+    official = read_state_dict(OFFICIAL_VQREC_CHECKPOINT)
+    books, cap = official["trans_matrix"].shape[0], official["trans_matrix"].shape[1] - 1
+    hidden = official["position_embedding.weight"].shape[1]
+    overrides = {"train_stage": "inductive_ft", "pretrained_file": OFFICIAL_VQREC_CHECKPOINT, "code_dim": books,
+                 "code_cap": cap, "hidden_size": hidden, "opq_iter": 2,
+                 "inner_size": official["trm_encoder.layer.0.feed_forward.dense_1.weight"].shape[0],
+                 "n_layers": len({key.split(".")[2] for key in official if key.startswith("trm_encoder.layer.")}),
+                 "MAX_ITEM_LIST_LENGTH": official["position_embedding.weight"].shape[0]}
+    config = Config(model="VQRec", dataset=uni_config["dataset"], config_dict={**uni_config, **overrides})
+    _, _, model = _build(config)
+    assert torch.equal(model.state_dict()["trm_encoder.layer.0.multi_head_attention.key.weight"],
+                       official["trm_encoder.layer.0.multi_head_attention.key.weight"])
+    codes = torch.randint(0, cap, (6, books))
+    theirs = official["pq_code_embedding.weight"][codes + 1 + torch.arange(books) * (cap + 1)].mean(1)
+    ours = model.code_embedding.weight[codes + vqrec_module.VQRec.codebook_offsets_for(books, cap)].mean(1)
+    assert torch.allclose(ours, theirs)
