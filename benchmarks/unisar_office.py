@@ -26,7 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from recbole_llm.convert import amazon_search  # noqa: E402
+from recbole_llm.convert import convert  # noqa: E402
 from recbole_llm.data.search_dataset import CANDIDATES, POSITIVE_INDEX, REC, TARGET_KIND  # noqa: E402
 from recbole_llm.quick_start import load_data_and_model, run_recbole_llm  # noqa: E402
 
@@ -109,7 +109,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sys.argv = sys.argv[:1]
     data_root = REPO / "dataset"
-    mixed = amazon_search.convert(args.data, data_root / "OfficeSearch", search_ratio=0.5, seed=2020)
+    mixed = convert("amazon_search", [args.data], data_root / "OfficeSearch", search_ratio=0.5, seed=2020,
+                    overwrite=True).path
     write_rec_only(mixed, data_root / "OfficeSearchRec")
 
     start = time.time()

@@ -53,7 +53,7 @@ MODEL_PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
                 "rqvae_epochs": 100, "epochs": 20, "eval_step": 2, "stopping_step": 3,
                 "learning_rate": 0.005}
         for model in ("TIGER", "LETTER")
-    },
+    } | {"LLMSeqSim": {"epochs": 0}},  # training-free: the table states its evaluation time only
     "default": {},
 }
 

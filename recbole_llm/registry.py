@@ -34,9 +34,9 @@ _RECBOLE_MODEL_SUBMODULES = (
 
 
 def _plugin_model_modules() -> Dict[str, str]:
-    """{module name: module path} of every plugin model file."""
-    return {
-        info.name: f"{plugin_model_package.__name__}.{info.name}"
+    """{model name lower-cased: module path} of every plugin model file."""
+    return {  # keyed without underscores: transrec_llm.py holds TransRecLLM
+        info.name.replace("_", ""): f"{plugin_model_package.__name__}.{info.name}"
         for info in pkgutil.iter_modules(plugin_model_package.__path__)
         if not info.name.startswith("_")
     }

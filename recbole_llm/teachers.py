@@ -21,8 +21,10 @@ from recbole_llm.utils import cache_dir
 
 logger = logging.getLogger(__name__)
 
-# keys of the plugin model's config that must not reach the teacher's SASRec config
-_MODEL_KEYS = ("model", "epochs", "hidden_size", "inner_size", "saved", "train_neg_sample_args", "loss_type")
+# keys of the plugin model's config that must not reach the teacher's SASRec config: the model's
+# own sizes, and the process-group settings (the teacher trains in rank 0's process alone)
+_EXCLUDED_KEYS = ("model", "epochs", "hidden_size", "inner_size", "saved", "train_neg_sample_args", "loss_type",
+                  "local_rank", "world_size", "ip", "port", "nproc", "offset")
 
 
 def _interaction_digest(dataset) -> str:
@@ -39,7 +41,7 @@ def sasrec_teacher_state(config, dataset, epochs: int, hidden_size: int) -> Dict
     ``settings`` are the overrides the teacher was built with (to rebuild it, see
     :func:`sasrec_teacher`).
     """
-    overrides = {key: value for key, value in config.external_config_dict.items() if key not in _MODEL_KEYS}
+    overrides = {key: value for key, value in config.external_config_dict.items() if key not in _EXCLUDED_KEYS}
     overrides.update(epochs=int(epochs), hidden_size=int(hidden_size), inner_size=4 * int(hidden_size), saved=False)
     item_tokens = [str(token) for token in dataset.field2id_token[dataset.iid_field]]
     stage = stages.Stage("sasrec_teacher", cache_dir(config, "teachers"), {

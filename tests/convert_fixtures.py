@@ -264,3 +264,18 @@ CASES = {
     "lcrec": ("lcrec", write_lcrec),
     "rechorus": ("rechorus", write_rechorus),
 }
+
+
+# KuaiSAR (search and recommendation logs) ------------------------------------------------------
+
+def write_kuaisar(folder: Path) -> List[Path]:
+    """``rec_inter.csv``, ``src_inter.csv`` and ``item_features.csv`` of one user with five events."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "rec_inter.csv").write_text(
+        "user_id,item_id,playing_time,duration_ms,time,timestamp,click,forward,like,follow,search,search_item_related\n"
+        + "".join(f"7,{100 + k},1,1,t,{(k + 1) * 1000000}.0,1,0,0,0,0,0\n" for k in range(4)))
+    (folder / "src_inter.csv").write_text(
+        "user_id,search_session_id,search_session_time,search_session_timestamp,keyword,search_source,item_id,click_cnt,item_type\n"
+        '7,s1,t,4500000,"[20, 34, 3]",USER_INPUT,200,1,VIDEO\n')
+    (folder / "item_features.csv").write_text('item_id,caption\n100,"[20, 7]"\n200,"[]"\n')
+    return [folder]

@@ -225,7 +225,7 @@ def test_malformed_lines_are_skipped_and_reported(tmp_path, capsys):
 def test_strict_fails_on_malformed_line(tmp_path, capsys):
     inputs = fx.write_amazon2023(tmp_path / "raw", malformed=True)
     out = tmp_path / "toy"
-    assert cli_main(["amazon2023", "--input", *map(str, inputs), "--output", str(out), "--strict"]) == 1
+    assert cli_main(["amazon2023", "--input", *map(str, inputs), "--output", str(out), "--strict"]) == 2
     assert "line 4" in capsys.readouterr().err
     assert not out.exists()
     assert not list(tmp_path.glob(".toy*"))  # no half-written folder either
@@ -263,7 +263,7 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
     (out / "stale.txt").write_text("old")
     with pytest.raises(ConversionError, match="--overwrite"):
         convert("lcrec", inputs, out)
-    assert cli_main(["lcrec", "--input", str(inputs[0]), "--output", str(out)]) == 1
+    assert cli_main(["lcrec", "--input", str(inputs[0]), "--output", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     convert("lcrec", inputs, out, overwrite=True)
     assert not (out / "stale.txt").exists() and (out / "toy.inter").is_file()
@@ -294,7 +294,7 @@ def test_cli_module_entry_point(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "12 users, 10 items" in done.stdout
     assert sorted(p.name for p in out.iterdir()) == [
-        "toy.item", "toy.test.inter", "toy.train.inter", "toy.valid.inter", "toy.yaml"]
+        ".recbole_llm_dataset.json", "toy.item", "toy.test.inter", "toy.train.inter", "toy.valid.inter", "toy.yaml"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,3 +367,39 @@ def test_office_rechorus_matches_upstream(tmp_path, clean_argv):
     for ours, file in zip(_recbole_targets("Office", tmp_path), ("dev.csv", "test.csv")):
         upstream = pd.read_csv(source / file, sep="\t", dtype=str)
         assert ours == dict(zip(upstream["user_id"], upstream["item_id"].map(asin)))
+
+
+# --------------------------------------------------------------------------------------------
+# The multi-domain merge reads each source as RecBole does
+
+
+def test_multi_domain_merge_matches_recbole_loading(tmp_path, clean_argv):
+    from recbole_llm import create_dataset
+    from recbole_llm.text.assemble import assemble_item_texts
+
+    data = tmp_path / "data"
+    convert("amazon2023", fx.write_amazon2023(tmp_path / "raw23"), data / "Raw")
+    convert("unisrec", fx.write_unisrec(tmp_path / "rawuni"), data / "Split")
+    result = convert("multi_domain", [data / "Raw", data / "Split"], data / "Mixed")
+    inter = read_atomic(data / "Mixed" / "Mixed.inter")
+    items = read_atomic(data / "Mixed" / "Mixed.item").fillna("")
+    merged_text = dict(zip(items["item_id"], items["text"]))
+    assert result.n_interactions == len(inter)
+    for name in ("Raw", "Split"):
+        config = recbole_config(name, data)
+        dataset = create_dataset(config)
+        tokens = dataset.field2id_token[dataset.iid_field]
+        texts = assemble_item_texts(dataset, config["text_fields"])
+        assert {f"{name}/{t}": x for t, x in zip(tokens[1:], texts[1:])} == {
+            k: v for k, v in merged_text.items() if k.startswith(f"{name}/")}
+        if name == "Raw":  # plain files: every interaction, each user's in time order
+            frame = dataset.inter_feat
+            user_ids, item_ids = np.asarray(frame[dataset.uid_field]), np.asarray(frame[dataset.iid_field])
+            order = np.lexsort((np.asarray(frame[dataset.time_field]), user_ids))
+            users = dataset.field2id_token[dataset.uid_field]
+            expected = {}
+            for row in order:
+                expected.setdefault(f"{name}/{users[user_ids[row]]}", []).append(f"{name}/{tokens[item_ids[row]]}")
+            mine = inter[inter["user_id"].str.startswith(f"{name}/")]
+            got = {user: list(group["item_id"]) for user, group in mine.groupby("user_id", sort=False)}
+            assert got == expected

@@ -1,6 +1,7 @@
 """TIGER / LETTER: tokenizer, trie, constrained beam search, end-to-end runs on an ml-100k slice."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,7 +12,15 @@ from recbole_llm.config import Config
 from recbole_llm.model._generative import PrefixTrie, SemanticIdVocabulary, constrained_beam_search
 from recbole_llm.quantize.rqvae import RQVAEConfig, ResidualQuantizer, diversity_loss
 from recbole_llm.stages import Checkpoint
-from recbole_llm.quantize.semantic_ids import TokenizerTrainer, TokenizerTraining, deduplicate, standardized
+from recbole_llm.quantize.semantic_ids import (
+    SemanticIdIndexError,
+    TokenizerTrainer,
+    TokenizerTraining,
+    deduplicate,
+    external_semantic_ids,
+    parse_code_index,
+    standardized,
+)
 from recbole_llm.quick_start import _build, run_recbole_llm
 
 # A tiny tokenizer and generator: seconds on two CPU cores.
@@ -203,3 +212,101 @@ def test_encoder_reads_the_latest_history_items(genrec_config):
         expected = model.item_tokens[latest].reshape(-1)
         assert torch.equal(tokens[row, : len(expected)], expected)
         assert not mask[row, len(expected):].any()
+
+
+def _write_index(path, index) -> str:
+    path.write_text(json.dumps(index) if not isinstance(index, str) else index, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("index, message", [
+    ('{"0": ["<a_1>", "<b_2>"],\n "1": ["<a_1>" "<b_3>"]}', r"line 2, column \d+: malformed JSON"),
+    ({"0": ["<a_1>", "<b_2>"], "1": ["<a_1>", "b_3"]}, r"item '1', position 1: code 'b_3' is not of the form"),
+    ({"0": ["<a_1>", "<b_2>"], "1": ["<a_1>"]}, r"item '1' has 1 codes, expected 2"),
+    ({"0": ["<a_1>", "<b_2>"], "1": ["<b_1>", "<a_2>"]}, r"item '1', position 0: level prefix 'b', expected 'a'"),
+    ({"0": "<a_1><b_2>"}, r"item '0': expected a list of codes"),
+    ([["<a_1>"]], r"expected a non-empty object"),
+])
+def test_malformed_index_names_the_file_and_entry(tmp_path, index, message):
+    path = _write_index(tmp_path / "bad.index.json", index)
+    with pytest.raises(SemanticIdIndexError, match=message) as error:
+        parse_code_index(path)
+    assert "bad.index.json" in str(error.value)
+
+
+def test_external_index_missing_item_is_named(tmp_path):
+    path = _write_index(tmp_path / "office.index.json", {"0": ["<a_1>", "<b_2>"], "1": ["<a_0>", "<b_2>"]})
+    with pytest.raises(SemanticIdIndexError, match=r"1 of the dataset's 3 items have no entry \(first: \['7'\]\)"):
+        external_semantic_ids(path, ["0", "7", "1"], tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match="semantic_id_file"):
+        external_semantic_ids(tmp_path / "absent.json", ["0"], tmp_path / "cache")
+
+
+def test_external_index_collisions_are_counted_and_deduplicated(tmp_path):
+    index = {"10": ["<a_1>", "<b_2>"], "11": ["<a_0>", "<b_2>"], "12": ["<a_1>", "<b_2>"],
+             "13": ["<a_3>", "<b_0>"], "99": ["<a_1>", "<b_2>"]}  # 99: not in the dataset
+    path = _write_index(tmp_path / "index.json", index)
+    ids, report = external_semantic_ids(path, ["12", "11", "10", "13"], tmp_path / "cache")
+    assert ids[0].tolist() == [-1, -1, -1]
+    assert ids[1:].tolist() == [[1, 2, 0], [0, 2, 0], [1, 2, 1], [3, 0, 0]]  # "12" then "10" share (1, 2)
+    assert report["colliding_ids"] == 1 and report["items_in_collisions"] == 2
+    assert report["index_entries"] == 5 and report["dedup_codebook_size"] == 2 and not report["cached"]
+    again, cached = external_semantic_ids(path, ["12", "11", "10", "13"], tmp_path / "cache")
+    assert torch.equal(again, ids) and cached["cached"] and cached["colliding_ids"] == 1
+
+
+def test_tiger_trains_on_an_external_index(genrec_config, tmp_path):
+    dataset, _, _ = _build(Config(model="TIGER", config_dict=genrec_config))
+    tokens = dataset.field2id_token[dataset.iid_field][1:]
+    rng = np.random.default_rng(0)
+    codes = {str(token): [int(rng.integers(0, 5)), int(rng.integers(0, 7)), int(rng.integers(0, 3))] for token in tokens}
+    codes[str(tokens[1])] = codes[str(tokens[0])]  # one collision at least
+    index = {token: [f"<{letter}_{code}>" for letter, code in zip("abc", row)] for token, row in codes.items()}
+    path = _write_index(tmp_path / "index.json", index)
+    config = Config(model="TIGER", config_dict={**genrec_config, "semantic_id_file": path})
+    dataset, (train_data, _, _), model = _build(config)
+    expected = torch.tensor([codes[str(token)] for token in tokens])
+    assert torch.equal(dataset.item_semantic_ids[1:, :3], expected)
+    assert len({tuple(row) for row in dataset.item_semantic_ids[1:].tolist()}) == len(tokens)
+    assert model.vocabulary.level_sizes[:3] == tuple(int(v) + 1 for v in expected.max(0).values)
+    assert dataset.semantic_id_report["colliding_ids"] >= 1
+    assert dataset.item_text_emb is None  # a released index needs no text encoding
+    loss = model.calculate_loss(next(iter(train_data)))
+    assert torch.isfinite(loss)
+
+
+def test_length_buckets_give_the_loss_and_encoding_of_one_padded_pass(genrec_config):
+    config = Config(model="TIGER", config_dict={**genrec_config, "length_buckets": 16})
+    _, (train_data, _, _), model = _build(config)
+    model.eval()
+    batch = next(iter(train_data))
+    tokens, mask = model.encoder_inputs(batch)
+    buckets = model.length_buckets_of(mask)
+    assert len(buckets) == 16 and sorted(torch.cat(buckets).tolist()) == list(range(len(tokens)))
+    lengths = mask.sum(1)
+    assert all(lengths[a].max() <= lengths[b].min() for a, b in zip(buckets, buckets[1:]))
+    assert len({int(lengths[rows].max()) for rows in buckets}) > 1  # the slice has short and long histories
+    with torch.no_grad():
+        bucketed_loss, bucketed_hidden = model.calculate_loss(batch), model.encode(tokens, mask)
+        model.length_buckets = 1
+        loss, hidden = model.calculate_loss(batch), model.encode(tokens, mask)
+    torch.testing.assert_close(bucketed_loss, loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(bucketed_hidden[mask], hidden[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_autocast_trains_and_ranks(genrec_config):
+    config = Config(model="TIGER", config_dict={**genrec_config, "mixed_precision": "bf16"})
+    _, (train_data, _, test_data), model = _build(config)
+    model.eval()
+    batch = next(iter(train_data))
+    with torch.no_grad():
+        mixed = model.calculate_loss(batch)
+        model.mixed_precision = "none"
+        full = model.calculate_loss(batch)
+        tokens, mask = model.encoder_inputs(next(iter(test_data))[0][:8])
+        model.mixed_precision = "bf16"
+        items, scores = model.beam_search(tokens, mask)
+    assert mixed.dtype == torch.float32 and abs(float(mixed) - float(full)) < 0.05 * float(full)
+    assert (items > 0).all() and torch.isfinite(scores).all() and scores.dtype == torch.float32
+    with pytest.raises(ValueError, match="mixed_precision"):
+        _build(Config(model="TIGER", config_dict={**genrec_config, "mixed_precision": "fp8"}))

@@ -4,16 +4,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
 from recbole.data import data_preparation
 
 from recbole_llm.config import Config
-from recbole_llm.convert import amazon_search, kuaisar
+from recbole_llm.convert import amazon_search, convert
 from recbole_llm.data.search_dataset import (
     CANDIDATES, HISTORY_ITEM, HISTORY_KIND, HISTORY_SESSION, POSITIVE_INDEX, REC, SEARCH, TARGET_KIND,
     TARGET_SESSION, sampled_candidates,
@@ -22,11 +20,7 @@ from recbole_llm.model.unisar import UniSAR, transition_masks
 from recbole_llm.quick_start import run_recbole_llm
 from recbole_llm.registry import create_dataset
 
-TINY = {
-    "hidden_size": 16, "inner_size": 32, "n_heads": 2, "n_layers": 1, "history_length": 4, "expert_size": 16,
-    "tower_sizes": [16], "n_shared_experts": 2, "n_task_experts": 2, "epochs": 1, "train_batch_size": 64,
-    "eval_batch_size": 64, "show_progress": False, "state": "ERROR", "seed": 2020,
-}
+from conftest import TINY_UNISAR as TINY  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -36,27 +30,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def search_data(ml100k_slice, tmp_path) -> dict:
-    """The ml-100k slice (40 users, 15 ratings each) made semi-synthetic search data by genre."""
-    source = Path(ml100k_slice["data_path"]) / ml100k_slice["dataset"]
-    folder = tmp_path / "raw" / "ml-small"
-    folder.mkdir(parents=True)
-    lines = (source / f"{source.name}.inter").read_text(encoding="utf-8").splitlines()
-    per_user: dict = {}
-    for row in lines[1:]:
-        user = int(row.split("\t")[0])
-        if user <= 40 and len(per_user.setdefault(user, [])) < 15:
-            per_user[user].append(row)
-    rows = [row for user in sorted(per_user) for row in per_user[user]]
-    (folder / "ml-small.inter").write_text("\n".join([lines[0]] + rows) + "\n", encoding="utf-8")
-    (folder / "ml-small.item").write_text((source / f"{source.name}.item").read_text(encoding="utf-8"), encoding="utf-8")
-    output = tmp_path / "dataset" / "MLSearch"
-    amazon_search.convert(folder, output, search_ratio=0.5, category_field="class", title_field="movie_title")
-    return {"config_file": str(output / "MLSearch.yaml"), "folder": output,
-            "config_dict": {**TINY, "checkpoint_dir": ml100k_slice["checkpoint_dir"]}}
 
 
 def _prepared(search_data, **overrides):
@@ -82,7 +55,7 @@ def test_amazon_search_on_lcrec_json_is_labelled_semi_synthetic(tmp_path):
         "2": {"title": "Mystery", "categories": "Office Products"},
     }
     (source / "Toy.item.json").write_text(json.dumps(items))
-    out = amazon_search.convert(source, tmp_path / "out" / "ToySearch", search_ratio=1.0)
+    out = convert("amazon_search", [source], tmp_path / "out" / "ToySearch", search_ratio=1.0).path
     text = (out / "ToySearch.yaml").read_text()
     assert text.startswith("# SEMI-SYNTHETIC") and yaml.safe_load(text)["semi_synthetic"] is True
     with open(out / "ToySearch.inter", encoding="utf-8") as f:
@@ -112,7 +85,7 @@ def test_kuaisar_converter(tmp_path):
         '7,s2,t,3500000,"[5]",USER_INPUT,300,1,USER\n'
     )
     (source / "item_features.csv").write_text('item_id,caption\n100,"[20, 7]"\n200,"[]"\n')
-    out = kuaisar.convert(source, tmp_path / "out" / "Kuai", min_user_events=1)
+    out = convert("kuaisar", [source], tmp_path / "out" / "Kuai", min_user_events=1).path
     with open(out / "Kuai.inter", encoding="utf-8") as f:
         rows = list(csv.reader(f, delimiter="\t"))[1:]
     assert rows == [

@@ -19,6 +19,7 @@ from recbole_llm.convert.core import (
     InteractionLog,
     ItemText,
     Options,
+    add_processing_arguments,
     as_float,
     expand_inputs,
     is_json_lines,
@@ -44,6 +45,11 @@ def _categories(record: dict) -> List[str]:
             if isinstance(name, str) and name not in names:
                 names.append(name)
     return names
+
+
+def add_arguments(parser) -> None:
+    """The command-line flags of this format."""
+    add_processing_arguments(parser, "kcore", "drop_items_without_meta", "dedupe", "max_text_len")
 
 
 def convert(inputs: Sequence[Path], output: Path, options: Options) -> ConversionResult:

@@ -4,7 +4,9 @@ Raw data: ``<Category>.jsonl[.gz]`` reviews (``rating``, ``title``, ``text``, ``
 ``parent_asin``, ``user_id``, ``timestamp`` in milliseconds, ``verified_purchase``,
 ``helpful_vote``) and ``meta_<Category>.jsonl[.gz]`` (``parent_asin``, ``title``, ``features``,
 ``description``, ``categories``, ``store``, ``details``, ``price``, ``main_category``). Items
-are products, keyed by ``parent_asin``; timestamps are written in seconds.
+are products, keyed by ``parent_asin``; timestamps are written in seconds. A file whose
+timestamps are all below 1e11 (already seconds: 1e11 ms is 1973) is read as seconds, with a
+warning; a file mixing both units is refused.
 
 Published benchmark splits: ``<Category>.train/.valid/.test.csv[.gz]`` with
 ``user_id,parent_asin,rating,timestamp[,history]`` (e.g. ``5core/last_out_w_his``) are kept as
@@ -14,25 +16,28 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
+import logging
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 
 from recbole_llm.convert.core import (
-    RAW_TEXT_LEN,
     BENCHMARK_PARTS,
+    RAW_TEXT_LEN,
     BadLines,
     ConversionError,
     ConversionResult,
     InteractionLog,
     ItemText,
     Options,
+    add_processing_arguments,
     as_float,
     benchmark_frame,
     expand_inputs,
     is_json_lines,
-    iter_records,
     item_frame,
+    iter_records,
     open_text,
     required,
     write_dataset,
@@ -43,6 +48,33 @@ FORMAT = "amazon2023"
 DEFAULT_KCORE = 5
 TEXT_FIELDS = ("title", "brand", "categories", "features", "description")
 BENCHMARK_COLUMNS = ("user_id", "parent_asin", "timestamp")
+#: Millisecond timestamps of real reviews are above this; second timestamps are far below it.
+SECONDS_BELOW = 1e11
+logger = logging.getLogger(__name__)
+
+
+def milliseconds_to_seconds(values: np.ndarray, path: Path) -> Optional[str]:
+    """Turn one file's millisecond timestamps into seconds, in place.
+
+    Timestamps that are already seconds (all below :data:`SECONDS_BELOW`) are kept and a note
+    says so; a file mixing both units raises.
+    """
+    small = values < SECONDS_BELOW
+    if not len(values) or not small.any():
+        values /= 1000.0
+        return None
+    if not small.all():
+        raise ConversionError(
+            f"{path}: timestamps mix seconds and milliseconds (e.g. {values[small][0]:.0f} and "
+            f"{values[~small][0]:.0f}); Amazon 2023 gives milliseconds")
+    note = f"{path}: timestamps are in seconds, not milliseconds as Amazon 2023 gives them: read as seconds"
+    logger.warning(note)
+    return note
+
+
+def add_arguments(parser) -> None:
+    """The command-line flags of this format."""
+    add_processing_arguments(parser, "kcore", "drop_items_without_meta", "dedupe", "max_text_len", "max_history")
 
 
 def convert(inputs: Sequence[Path], output: Path, options: Options) -> ConversionResult:
@@ -95,15 +127,16 @@ def _convert_reviews(reviews: Sequence[Path], meta: Sequence[Path], output: Path
     for path in reviews:
         bad = BadLines(path)
         add = log.add
+        start = len(log)
         for lineno, record in iter_records(path, bad, options.strict):
             add(
                 str(required(record, "user_id", path, lineno)),
                 str(required(record, "parent_asin", path, lineno)),
                 as_float(required(record, "rating", path, lineno), "rating", path, lineno),
-                as_float(required(record, "timestamp", path, lineno), "timestamp", path, lineno) / 1000.0,
+                as_float(required(record, "timestamp", path, lineno), "timestamp", path, lineno),
             )
-        if bad.note():
-            notes.append(bad.note())
+        unit_note = milliseconds_to_seconds(np.frombuffer(log.times, dtype=np.float64)[start:], path)
+        notes += [note for note in (bad.note(), unit_note) if note]
     text = ItemText(TEXT_FIELDS, options.text_limit(RAW_TEXT_LEN))
     _read_meta(meta, log.item_ids, text, options, notes)
     return write_interaction_dataset(log, text, output, options, FORMAT, DEFAULT_KCORE, notes)
@@ -117,7 +150,7 @@ def _split_part(path: Path) -> str:
     return parts[0]
 
 
-def _read_split(path: Path) -> List[Tuple[str, str, float, float, List[str] | None]]:
+def _read_split(path: Path, notes: List[str]) -> List[Tuple[str, str, float, float, List[str] | None]]:
     rows = []
     with open_text(path) as handle:
         reader = csv.reader(handle)
@@ -140,8 +173,12 @@ def _read_split(path: Path) -> List[Tuple[str, str, float, float, List[str] | No
                     raise ConversionError(f"{path}, line {lineno}: required field {name!r} is empty")
             rating = as_float(row[r], "rating", path, lineno) if r is not None and row[r] else float("nan")
             history = row[h].split() if h is not None else None
-            rows.append((row[u], row[i], rating, as_float(row[t], "timestamp", path, lineno) / 1000.0, history))
-    return rows
+            rows.append((row[u], row[i], rating, as_float(row[t], "timestamp", path, lineno), history))
+    times = np.array([row[3] for row in rows], dtype=np.float64)
+    unit_note = milliseconds_to_seconds(times, path)
+    if unit_note:
+        notes.append(unit_note)
+    return [(u, i, r, float(t), h) for (u, i, r, _, h), t in zip(rows, times)]
 
 
 def _convert_benchmark(splits: Sequence[Path], meta: Sequence[Path], output: Path, options: Options) -> ConversionResult:
@@ -154,12 +191,14 @@ def _convert_benchmark(splits: Sequence[Path], meta: Sequence[Path], output: Pat
     missing = [part for part in BENCHMARK_PARTS if part not in by_part]
     if missing:
         raise ConversionError(f"benchmark splits missing: {', '.join(missing)}")
-    rows = {part: _read_split(by_part[part]) for part in BENCHMARK_PARTS}
+    if options.kcore:
+        raise ConversionError("--kcore applies to raw reviews; the benchmark splits are kept as published")
+    notes: List[str] = []
+    rows = {part: _read_split(by_part[part], notes) for part in BENCHMARK_PARTS}
     has_history = all(row[4] is not None for part in rows.values() for row in part)
     if not has_history:
         _rebuild_histories(rows)
 
-    notes: List[str] = []
     frames = {}
     for part in BENCHMARK_PARTS:
         kept = [row for row in rows[part] if row[4]]

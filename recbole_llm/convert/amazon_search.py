@@ -19,17 +19,18 @@ Usage: ``python -m recbole_llm.convert amazon_search --input ../shared/data/amaz
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import html
-import json
 import re
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from recbole_llm.data.search_dataset import write_search_dataset
+from recbole_llm.convert.core import ConversionError, ConversionResult, Options, read_atomic_file
+from recbole_llm.convert.lcrec import load_json
+from recbole_llm.convert.search import write_search_dataset
+
+FORMAT = "amazon_search"
 
 STOPWORDS = frozenset(
     "a an and are as at be by for from has have in into is it its of on or that the their this "
@@ -78,14 +79,19 @@ def _read_lcrec(folder: Path) -> Tuple[List[Tuple[str, str, float]], Dict[str, d
     inter_files = sorted(folder.glob("*.inter.json"))
     item_files = sorted(folder.glob("*.item.json"))
     if not inter_files or not item_files:
-        raise FileNotFoundError(f"{folder} holds no <Name>.inter.json / <Name>.item.json pair")
-    sequences = json.loads(inter_files[0].read_text(encoding="utf-8"))
-    items = json.loads(item_files[0].read_text(encoding="utf-8"))
+        raise ConversionError(f"{folder} holds no <Name>.inter.json / <Name>.item.json pair")
+    sequences = load_json(inter_files[0])
+    items = load_json(item_files[0])
+    if not isinstance(sequences, dict) or not isinstance(items, dict):
+        raise ConversionError(f"{folder}: expected objects {{user: [item, ...]}} and {{item: {{title, categories}}}}")
     interactions = [
         (str(user), str(item), float(position))
         for user in sorted(sequences, key=lambda u: (len(u), u))
         for position, item in enumerate(sequences[user])
     ]
+    bad = [k for k, v in items.items() if not isinstance(v, dict)]
+    if bad:
+        raise ConversionError(f"{item_files[0]}: item {bad[0]!r}: expected an object with title and categories")
     meta = {str(k): {"title": v.get("title") or "", "categories": v.get("categories")} for k, v in items.items()}
     return interactions, meta
 
@@ -95,41 +101,51 @@ def _read_atomic(folder: Path, category_field: str, title_field: str) -> Tuple[L
     inter_file, item_file = folder / f"{name}.inter", folder / f"{name}.item"
     for file in (inter_file, item_file):
         if not file.is_file():
-            raise FileNotFoundError(f"expected the atomic file {file}")
-    interactions = []
-    with open(inter_file, encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = [column.split(":")[0] for column in next(reader)]
-        for column in ("user_id", "item_id", "timestamp"):
-            if column not in header:
-                raise ValueError(f"{inter_file} has no {column!r} column (header: {header})")
-        u, i, t = (header.index(c) for c in ("user_id", "item_id", "timestamp"))
-        interactions = [(row[u], row[i], float(row[t])) for row in reader]
-    meta = {}
-    with open(item_file, encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = [column.split(":")[0] for column in next(reader)]
-        if category_field not in header:
-            raise ValueError(f"{item_file} has no category field {category_field!r} (header: {header}); set --category-field")
-        c, i = header.index(category_field), header.index("item_id")
-        title = header.index(title_field) if title_field in header else None
-        for row in reader:
-            meta[row[i]] = {"title": row[title] if title is not None else "", "categories": [row[c]]}
+            raise ConversionError(f"expected the atomic file {file}")
+    inter, types = read_atomic_file(inter_file)
+    for column in ("user_id", "item_id", "timestamp"):
+        if column not in types:
+            raise ConversionError(f"{inter_file} has no {column!r} column (header: {list(types)})")
+    try:
+        times = inter["timestamp"].astype(float)
+    except ValueError as err:
+        raise ConversionError(f"{inter_file}: field 'timestamp' is not a number ({err})") from None
+    interactions = list(zip(inter["user_id"], inter["item_id"], times))
+    items, item_types = read_atomic_file(item_file)
+    if category_field not in item_types:
+        raise ConversionError(f"{item_file} has no category field {category_field!r} (header: {list(item_types)}); "
+                              "set --category-field")
+    titles = items[title_field] if title_field in item_types else [""] * len(items)
+    meta = {item: {"title": title, "categories": [category]}
+            for item, title, category in zip(items["item_id"], titles, items[category_field])}
     return interactions, meta
 
 
-def convert(input_paths, output_dir, search_ratio: float = 0.5, seed: int = 2020,
-            max_title_words: int = 32, category_field: str = "categories", title_field: str = "title") -> Path:
-    """Write the semi-synthetic mixed-behaviour dataset for one Amazon folder; return its path."""
-    folder = Path(input_paths[0] if isinstance(input_paths, (list, tuple)) else input_paths)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"input folder {folder} does not exist")
-    if not 0.0 <= search_ratio <= 1.0:
-        raise ValueError(f"search_ratio must lie in [0, 1], got {search_ratio}")
+def add_arguments(parser) -> None:
+    """The command-line flags of this format."""
+    parser.add_argument("--search-ratio", dest="search_ratio", type=float,
+                        help="share of interactions made searches (default 0.5)")
+    parser.add_argument("--seed", type=int, help="seed of the search/rec assignment (default 2020)")
+    parser.add_argument("--max-title-words", dest="max_title_words", type=int,
+                        help="item text tokens kept per item (default 32)")
+    parser.add_argument("--category-field", dest="category_field",
+                        help="category field of a RecBole .item file (default categories)")
+    parser.add_argument("--title-field", dest="title_field", help="title field of a RecBole .item file (default title)")
+
+
+def convert(inputs: Sequence[Path], output: Path, options: Options) -> ConversionResult:
+    """Write the semi-synthetic mixed-behaviour dataset for one Amazon folder."""
+    if len(inputs) != 1 or not Path(inputs[0]).is_dir():
+        raise ConversionError(f"amazon_search reads one folder (LC-Rec json or a converted dataset), got "
+                              f"{', '.join(map(str, inputs))}")
+    folder = Path(inputs[0])
+    ratio, seed = options.search_ratio, options.seed
+    if not 0.0 <= ratio <= 1.0:
+        raise ConversionError(f"--search-ratio must lie in [0, 1], got {ratio}")
     if list(folder.glob("*.inter.json")):
         interactions, meta = _read_lcrec(folder)
     else:
-        interactions, meta = _read_atomic(folder, category_field, title_field)
+        interactions, meta = _read_atomic(folder, options.category_field, options.title_field)
     paths = _drop_shared_root({item: _category_levels(m["categories"]) for item, m in meta.items()})
     rng = np.random.default_rng(seed)
     events = []
@@ -137,37 +153,12 @@ def convert(input_paths, output_dir, search_ratio: float = 0.5, seed: int = 2020
         queries = [category_query(path) for path in paths.get(item, [])]
         queries = [q for q in queries if q]
         draw = rng.random()
-        if queries and draw < search_ratio:
+        if queries and draw < ratio:
             query = queries[int(rng.integers(len(queries)))]
             events.append((user, item, time, "search", query, [item]))
         else:
             events.append((user, item, time, "rec", [], []))
-    item_words = {item: words_of(m["title"])[:max_title_words] for item, m in meta.items()}
-    output_dir = Path(output_dir)
-    note = SEMI_SYNTHETIC_NOTE.format(source=folder, ratio=search_ratio, seed=seed)
+    item_words = {item: words_of(m["title"])[:options.max_title_words] for item, m in meta.items()}
+    note = SEMI_SYNTHETIC_NOTE.format(source=folder, ratio=ratio, seed=seed)
     extra = {"semi_synthetic": True, "search_data_note": " ".join(note.split())}
-    write_search_dataset(output_dir, events, item_words, note, extra)
-    return output_dir
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="LC-Rec json folder or converted RecBole folder")
-    parser.add_argument("--output", required=True, help="output folder; its name is the dataset name")
-    parser.add_argument("--search-ratio", type=float, default=0.5, help="share of interactions made searches")
-    parser.add_argument("--seed", type=int, default=2020, help="seed of the search/rec assignment")
-    parser.add_argument("--max-title-words", type=int, default=32, help="item text tokens kept per item")
-    parser.add_argument("--category-field", default="categories", help="category field of a RecBole .item file")
-    parser.add_argument("--title-field", default="title", help="title field of a RecBole .item file")
-
-
-def run(args: argparse.Namespace) -> Path:
-    return convert(
-        args.input, args.output, search_ratio=args.search_ratio, seed=args.seed,
-        max_title_words=args.max_title_words, category_field=args.category_field, title_field=args.title_field,
-    )
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(_parser)
-    print(run(_parser.parse_args()))
+    return write_search_dataset(output, options, FORMAT, events, item_words, note, extra)

@@ -12,16 +12,23 @@ leaves a half-written dataset behind.
 from __future__ import annotations
 
 import ast
+import contextvars
 import csv
 import gzip
 import html
 import io
 import json
+import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
+import signal
+import threading
+import zlib
 from array import array
+from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -40,6 +47,7 @@ LEAVE_ONE_OUT_EVAL_ARGS: Dict[str, Any] = {
 #: Files RecBole reads for pre-split data: ``<name>.<part>.inter``.
 BENCHMARK_PARTS: Tuple[str, str, str] = ("train", "valid", "test")
 BAD_LINES_SHOWN = 5
+logger = logging.getLogger(__name__)
 
 
 class ConversionError(ValueError):
@@ -48,7 +56,10 @@ class ConversionError(ValueError):
 
 @dataclass
 class Options:
-    """Processing options shared by the converters (``None`` means the format's default)."""
+    """Processing options of the converters (``None`` means the format's default).
+
+    The first group applies to the interaction formats; the others to the one format named.
+    """
 
     kcore: Optional[int] = None
     drop_items_without_meta: bool = True
@@ -57,10 +68,44 @@ class Options:
     max_history: int = 50
     strict: bool = False
     overwrite: bool = False
+    # rechorus: dev/test rows of users absent from train.csv are dropped unless kept
+    keep_users_without_train: bool = False
+    # kuaisar: users with fewer events are dropped
+    min_user_events: int = 5
+    # amazon_search: share of interactions made (synthetic) searches, its seed, item text words,
+    # and the fields read from a converted RecBole folder
+    search_ratio: float = 0.5
+    seed: int = 2020
+    max_title_words: int = 32
+    category_field: str = "categories"
+    title_field: str = "title"
 
     def text_limit(self, default: int) -> int:
         """Words kept per text field: the option, else the format's default (0: no limit)."""
         return default if self.max_text_len is None else self.max_text_len
+
+
+#: Command-line flags of the processing options: Options field -> (flag, argparse settings).
+PROCESSING_FLAGS: Dict[str, Tuple[str, Dict[str, Any]]] = {
+    "kcore": ("--kcore", dict(type=int, metavar="K", help=(
+        "iterative K-core on users and items (default: 5 for raw formats, off for already filtered "
+        "ones; 0 turns it off)"))),
+    "drop_items_without_meta": ("--keep-items-without-meta", dict(action="store_false", help=(
+        "keep interactions with items that have no metadata/text"))),
+    "dedupe": ("--no-dedupe", dict(action="store_false", help="keep repeated (user, item, timestamp) rows")),
+    "max_text_len": ("--max-text-len", dict(type=int, metavar="N", help=(
+        "keep the first N words of each text field (0: no limit; default: 128 for raw metadata, no "
+        "limit for already processed text)"))),
+    "max_history": ("--max-history", dict(type=int, metavar="N", help=(
+        "benchmark splits with a history column: keep its last N items (default 50)"))),
+}
+
+
+def add_processing_arguments(parser: Any, *names: str) -> None:
+    """Add the flags of the processing options ``names`` (keys of :data:`PROCESSING_FLAGS`)."""
+    for name in names:
+        flag, settings = PROCESSING_FLAGS[name]
+        parser.add_argument(flag, dest=name, **settings)
 
 
 #: Words kept per text field of raw metadata (descriptions can run to thousands of words).
@@ -93,14 +138,154 @@ class ConversionResult:
 # Reading
 
 
-def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
-    """Open a text file, gunzipping it when its name ends with ``.gz``."""
+#: Longest input line read (characters): a longer one is refused before it fills the memory.
+MAX_LINE_CHARS = 1 << 24
+#: Deepest nesting of lists/objects accepted in one record (Amazon meta needs about 3).
+MAX_NESTING = 64
+_GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+class _CheckedGzip(gzip.GzipFile):
+    """A gzip stream whose decompression errors become a :class:`ConversionError` naming the file."""
+
+    def _checked(self, read: Callable, *args: Any) -> Any:
+        try:
+            return read(*args)
+        except _GZIP_ERRORS as err:
+            detail = str(err) or type(err).__name__
+            raise ConversionError(f"{self.name}: damaged or truncated gzip file ({detail})") from None
+
+    def read(self, size: int = -1) -> bytes:
+        return self._checked(super().read, size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._checked(super().read1, size)
+
+    def peek(self, n: int) -> bytes:
+        return self._checked(super().peek, n)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._checked(super().readline, size)
+
+
+def open_binary(path: Path) -> io.BufferedIOBase:
+    """Open an input file for reading bytes, gunzipping (checked) when its name ends with ``.gz``."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, errors="replace")
-    return open(path, "r", encoding=encoding, errors="replace", newline="")
+    if path.suffix != ".gz":
+        return open(path, "rb")
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
+    if magic and magic != b"\x1f\x8b":
+        raise ConversionError(f"{path}: not a gzip file although its name ends with .gz")
+    return _CheckedGzip(str(path), "rb")
+
+
+class ReadingReport:
+    """Notes and the ``strict`` setting of one conversion, seen by every file it opens."""
+
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.notes: List[str] = []
+
+
+_REPORT: contextvars.ContextVar[Optional[ReadingReport]] = contextvars.ContextVar("reading_report", default=None)
+
+
+@contextmanager
+def reading_report(strict: bool) -> Iterator[ReadingReport]:
+    """Collect what the input files report (bytes that are not UTF-8) while converting."""
+    report = ReadingReport(strict)
+    token = _REPORT.set(report)
+    try:
+        yield report
+    finally:
+        _REPORT.reset(token)
+
+
+class TextFile:
+    """An input text file read with bounds: lines of at most :data:`MAX_LINE_CHARS` characters,
+    gzip errors named, and bytes that are not valid in ``encoding`` counted and replaced by
+    U+FFFD (an error under ``--strict``). Iterate it for lines; ``read()`` gives all of it."""
+
+    def __init__(self, path: Path, encoding: str = "utf-8"):
+        self.path = Path(path)
+        self.handle = io.TextIOWrapper(open_binary(self.path), encoding=encoding, errors="surrogateescape", newline="")
+        self.lineno = 0
+        self.bad_lines = BadLines(self.path)
+        report = _REPORT.get()
+        self.strict = report.strict if report is not None else False
+
+    def __enter__(self) -> "TextFile":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.bad_lines.count:
+            note = (f"{self.path}: {self.bad_lines.count} line(s) held bytes that are not valid "
+                    f"{self.handle.encoding}, replaced by U+FFFD (line {self.bad_lines.shown()})")
+            report = _REPORT.get()
+            if report is not None:
+                report.notes.append(note)
+            logger.warning(note)
+
+    def _decoded(self, text: str, lineno: int) -> str:
+        if text.isascii() or not _ESCAPED_BYTE.search(text):
+            return text
+        if self.strict:
+            raise ConversionError(f"{self.path}, line {lineno}: bytes that are not valid {self.handle.encoding}")
+        self.bad_lines.add(lineno)
+        return _ESCAPED_BYTE.sub("\ufffd", text)
+
+    def readline(self) -> str:
+        """The next line ("" at the end)."""
+        return next(iter(self), "")
+
+    def __iter__(self) -> Iterator[str]:
+        limit = MAX_LINE_CHARS
+        for lineno, line in enumerate(iter(partial(self.handle.readline, limit + 1), ""), self.lineno + 1):
+            self.lineno = lineno
+            if len(line) > limit:
+                raise ConversionError(f"{self.path}, line {lineno}: longer than {limit} characters "
+                                      "(not a record of this format)")
+            yield line if line.isascii() else self._decoded(line, lineno)
+
+    def read(self) -> str:
+        """The whole remaining text (one JSON document, for instance)."""
+        text = self.handle.read()
+        if text.isascii() or not _ESCAPED_BYTE.search(text):
+            return text
+        start, lineno, previous = 0, self.lineno + 1, None
+        for match in _ESCAPED_BYTE.finditer(text):
+            lineno += text.count("\n", start, match.start())
+            start = match.start()
+            if self.strict:
+                raise ConversionError(f"{self.path}, line {lineno}: bytes that are not valid {self.handle.encoding}")
+            if lineno != previous:
+                self.bad_lines.add(lineno)
+                previous = lineno
+        return _ESCAPED_BYTE.sub("\ufffd", text)
+
+
+def open_text(path: Path, encoding: str = "utf-8") -> TextFile:
+    """Open an input text file (gunzipped when its name ends with ``.gz``) as a :class:`TextFile`."""
+    return TextFile(path, encoding)
+
+
+def check_nesting(value: Any, where: str, limit: int = MAX_NESTING) -> None:
+    """Refuse a parsed record nested deeper than ``limit`` lists/objects (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            raise ConversionError(f"{where}: nested deeper than {limit} levels (not a record of this format)")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, tuple)))
 
 
 class BadLines:
@@ -116,11 +301,14 @@ class BadLines:
         if len(self.first) < BAD_LINES_SHOWN:
             self.first.append(lineno)
 
+    def shown(self) -> str:
+        """The first line numbers, with ``...`` when there are more."""
+        return ", ".join(map(str, self.first)) + (", ..." if self.count > len(self.first) else "")
+
     def note(self) -> Optional[str]:
         if not self.count:
             return None
-        shown = ", ".join(map(str, self.first)) + (", ..." if self.count > len(self.first) else "")
-        return f"{self.path}: skipped {self.count} malformed line(s) (line {shown})"
+        return f"{self.path}: skipped {self.count} malformed line(s) (line {self.shown()})"
 
 
 def iter_records(
@@ -139,20 +327,38 @@ def iter_records(
                 continue
             try:
                 record = loads(line)
+            except RecursionError:
+                raise _too_deep(path, lineno) from None
             except ValueError:
-                record = _literal_or_none(line) if python_literals else None
+                record = _literal_or_none(line, path, lineno) if python_literals else None
             if not isinstance(record, dict):
                 if strict:
                     raise ConversionError(f"{path}, line {lineno}: malformed record (not a JSON object)")
                 bad.add(lineno)
                 continue
+            if line.count("[") + line.count("{") > MAX_NESTING or python_literals and line.count("(") > MAX_NESTING:
+                check_nesting(record, f"{path}, line {lineno}")  # only then can it be that deep
             yield lineno, record
 
 
-def _literal_or_none(line: str) -> Any:
+def _too_deep(path: Path, lineno: int) -> ConversionError:
+    return ConversionError(f"{path}, line {lineno}: nested deeper than {MAX_NESTING} levels (not a record of this format)")
+
+
+def _literal_or_none(line: str, path: Path, lineno: int) -> Any:
+    """A Python literal (:func:`ast.literal_eval`, never ``eval``), or None when the line is not one.
+
+    A line nested deeper than the parser allows raises, whatever ``strict`` says.
+    """
     try:
         return ast.literal_eval(line.strip())
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    except (MemoryError, RecursionError):
+        raise _too_deep(path, lineno) from None
+    except SyntaxError as err:
+        if "too many nested" in str(err):
+            raise _too_deep(path, lineno) from None
+        return None
+    except (ValueError, TypeError):
         return None
 
 
@@ -169,6 +375,53 @@ def as_float(value: Any, key: str, path: Path, lineno: int) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise ConversionError(f"{path}, line {lineno}: field {key!r} is not a number: {value!r}") from None
+
+
+def tsv_lines(path: Path, quoted: bool = False) -> Iterator[Tuple[int, List[str]]]:
+    """``(line number, fields)`` of each non-empty line of a tab-separated file, header included.
+
+    ``quoted``: fields may be double-quoted, as RecBole (pandas) reads the atomic files this
+    package writes; otherwise each line is split on tabs verbatim (the upstream files).
+    """
+    with open_text(path) as handle:
+        if not quoted:
+            for lineno, line in enumerate(handle, 1):
+                line = line.rstrip("\r\n")
+                if line:
+                    yield lineno, line.split("\t")
+            return
+        csv.field_size_limit(max(csv.field_size_limit(), MAX_LINE_CHARS))
+        reader = csv.reader(handle, delimiter="\t")
+        try:
+            for row in reader:
+                if row:
+                    yield reader.line_num, row
+        except csv.Error as err:
+            raise ConversionError(f"{path}, line {reader.line_num}: {err}") from None
+
+
+ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def read_atomic_file(path: Path) -> Tuple[pd.DataFrame, Dict[str, str]]:
+    """A RecBole atomic file (header ``name:type``) as a frame of strings, and its column types."""
+    rows = tsv_lines(path, quoted=True)
+    first = next(rows, None)
+    if first is None:
+        raise ConversionError(f"{path}: empty file (expected a header such as user_id:token)")
+    types: Dict[str, str] = {}
+    for column in first[1]:
+        name, _, kind = column.partition(":")
+        if not name or kind not in ATOMIC_TYPES:
+            raise ConversionError(f"{path}, line {first[0]}: column {column!r} is not <name>:<type> with a type "
+                                  f"among {', '.join(ATOMIC_TYPES)}")
+        types[name] = kind
+    data = []
+    for lineno, row in rows:
+        if len(row) != len(types):
+            raise ConversionError(f"{path}, line {lineno}: {len(row)} fields, the header has {len(types)}")
+        data.append(row)
+    return pd.DataFrame(data, columns=list(types), dtype=str), types
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,52 +635,204 @@ def dataset_yaml(
     return config
 
 
-class OutputFolder:
-    """A dataset folder written into a temporary sibling and renamed into place on success."""
+#: Written into every converted dataset folder: ``--overwrite`` replaces only a folder holding it.
+MARKER = ".recbole_llm_dataset.json"
+#: ``.<name>.partial-<pid>-<hex>`` / ``.<name>.old-<pid>-<hex>`` (older releases: no pid, or no hex)
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-(?:(?P<pid>\d+)(?:-[0-9a-f]+)?|[A-Za-z0-9_]+)$")
 
-    def __init__(self, output: Path, overwrite: bool):
-        self.output = Path(output).resolve()
+
+def _refuse_unsafe(output: Path) -> Path:
+    """The resolved ``--output``; refuses ``.``, ``..``, the root, the home and current folders."""
+    raw = Path(output)
+    if raw.name in ("", ".", ".."):
+        raise ConversionError(f"--output {str(output)!r} must name a new dataset folder, e.g. dataset/<name>")
+    resolved = raw.resolve()
+    protected = {"the filesystem root": Path(resolved.anchor), "the current folder": Path.cwd().resolve()}
+    try:
+        protected["your home folder"] = Path.home().resolve()
+    except RuntimeError:  # no home folder known: nothing to protect there
+        pass
+    for what, folder in protected.items():
+        if resolved == folder or resolved in folder.parents:
+            relation = "is" if resolved == folder else "contains"
+            raise ConversionError(f"--output {resolved} {relation} {what}: name a dataset folder, e.g. dataset/<name>")
+    return resolved
+
+
+def check_output(inputs: Sequence[Path], output: Path, overwrite: bool) -> List[str]:
+    """Refuse an unsafe ``--output`` before anything is read; remove what killed runs left.
+
+    The output may not be, contain or lie inside an input; an existing output must be empty, or
+    carry :data:`MARKER` and come with ``overwrite``. Hidden ``.<name>.partial-<pid>-*`` folders
+    of processes that are gone are removed; returns one note per removed leftover.
+    """
+    resolved = _refuse_unsafe(output)
+    for path in inputs:
+        source = Path(path).resolve()
+        if source == resolved or resolved in source.parents:
+            relation = "is" if source == resolved else "contains"
+            raise ConversionError(f"--output {resolved} {relation} the input {source}: write the dataset elsewhere")
+        if source in resolved.parents:
+            raise ConversionError(f"--output {resolved} lies inside the input {source}: write the dataset elsewhere")
+    _check_free(resolved, overwrite)
+    return remove_leftovers(resolved)
+
+
+def _check_free(output: Path, overwrite: bool) -> None:
+    if not output.exists() and not output.is_symlink():
+        return
+    if output.is_dir() and not any(output.iterdir()):
+        return  # an empty folder: nothing to lose
+    if not overwrite:
+        raise ConversionError(f"{output} already exists: pass --overwrite to replace it")
+    if not output.is_dir() or not ((output / MARKER).is_file() or _written_before_markers(output)):
+        raise ConversionError(
+            f"{output} was not written by recbole_llm.convert (it holds no {MARKER}): --overwrite replaces "
+            "only a converted dataset; choose another --output, or move it away yourself")
+
+
+#: What the yaml of a dataset converted before the marker existed says in its leading comment.
+_LEGACY_HEADERS = ("recbole_llm.convert", "recbole_llm.data.multi_domain")
+
+
+def _written_before_markers(folder: Path) -> bool:
+    """A dataset converted by an earlier release: its yaml says so, and it holds only its own files."""
+    name = folder.name
+    yaml_file = folder / f"{name}.yaml"
+    if not yaml_file.is_file():
+        return False
+    with open(yaml_file, encoding="utf-8", errors="replace") as handle:
+        head = handle.read(4000).splitlines()
+    comment = " ".join(line for line in head[:-1] if line.startswith("#"))  # the last line may be cut
+    if not head or not head[0].startswith("#") or not any(header in comment for header in _LEGACY_HEADERS):
+        return False
+    return all(p.name.startswith(f"{name}.") or p.name == ".recbole_llm_cache" for p in folder.iterdir())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(output: Path) -> List[str]:
+    """Remove the temporary folders of ``output`` that interrupted runs (now gone) left behind."""
+    notes = []
+    if not output.parent.is_dir():
+        return notes
+    for path in sorted(output.parent.iterdir()):
+        match = _LEFTOVER.match(path.name)
+        if not match or match["name"] != output.name or (match["pid"] and _alive(int(match["pid"]))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        notes.append(f"removed {path}, left by an interrupted conversion")
+        logger.warning(notes[-1])
+    return notes
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM received while a dataset was being written (handled like Ctrl-C)."""
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(f"stopped by signal {signum}")
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block SIGTERM raises :class:`Interrupted`, so cleanup runs as on Ctrl-C.
+
+    Signal handlers belong to the main thread: elsewhere the block runs unchanged.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Defer SIGINT/SIGTERM for a few file-system calls that must not be cut in half."""
+    signals = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class OutputFolder:
+    """A dataset folder written into a hidden sibling and renamed into place on success.
+
+    The sibling is ``.<name>.partial-<pid>-<random>``; it is removed on any error, on Ctrl-C and
+    on SIGTERM, and by the next run if the process was killed outright. The finished folder
+    holds :data:`MARKER`. Files are created with the user's umask.
+    """
+
+    def __init__(self, output: Path, overwrite: bool, fmt: str):
+        self.output = _refuse_unsafe(output)
         self.name = self.output.name
-        if not self.name or self.name in (".", ".."):
-            raise ConversionError(f"--output {output!r} must name a dataset folder, e.g. dataset/<name>")
         self.overwrite = overwrite
-        self.check_free()
+        self.fmt = fmt
+        _check_free(self.output, overwrite)
         self.tmp: Optional[Path] = None
         self.written: List[str] = []
+        self._sigterm: Any = None
 
-    def check_free(self) -> None:
-        if self.output.exists() and not self.overwrite:
-            raise ConversionError(f"{self.output} already exists: pass --overwrite to replace it")
+    def _sibling(self, kind: str) -> Path:
+        return self.output.parent / f".{self.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
     def __enter__(self) -> "OutputFolder":
         self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.name}.partial-", dir=self.output.parent))
-        os.chmod(self.tmp, 0o755)  # mkdtemp makes it private; the dataset is an ordinary folder
+        self.tmp = self._sibling("partial")
+        self.tmp.mkdir()
+        self._sigterm = sigterm_interrupts()
+        self._sigterm.__enter__()
         return self
 
     def file(self, suffix: str) -> Path:
-        """Path of ``<name><suffix>`` inside the temporary folder."""
+        """Path of ``<name><suffix>`` inside the temporary folder (never anywhere else)."""
         assert self.tmp is not None
+        if not suffix.startswith(".") or "/" in suffix or os.sep in suffix or suffix in (".", ".."):
+            raise ValueError(f"file suffix {suffix!r} must be like '.inter' (a file inside the dataset folder)")
         self.written.append(f"{self.name}{suffix}")
         return self.tmp / f"{self.name}{suffix}"
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
         try:
-            self.check_free()
-            old = None
+            if exc_type is None:
+                self._publish()
+        finally:
+            if self.tmp.exists():
+                with _signals_blocked():
+                    shutil.rmtree(self.tmp, ignore_errors=True)
+            self._sigterm.__exit__(None, None, None)
+
+    def _publish(self) -> None:
+        assert self.tmp is not None
+        marker = {"written_by": "recbole_llm.convert", "format": self.fmt, "files": self.written}
+        (self.tmp / MARKER).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
+        replaced = None
+        with _signals_blocked():
+            _check_free(self.output, self.overwrite)
             if self.output.exists():
-                old = self.output.parent / f".{self.name}.old-{os.getpid()}"
-                os.replace(self.output, old)
+                replaced = self._sibling("old")
+                os.replace(self.output, replaced)
             os.replace(self.tmp, self.output)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise
+        if replaced is not None:
+            shutil.rmtree(replaced)  # if killed here, the next run removes it
 
 
 def write_dataset(
@@ -451,7 +856,7 @@ def write_dataset(
     frames) for RecBole benchmark files; ``inter_types`` describes either.
     """
     benchmark = benchmark_parts is not None
-    folder = OutputFolder(output, options.overwrite)
+    folder = OutputFolder(output, options.overwrite, fmt)
     with folder:
         name = folder.name
         if benchmark:

@@ -19,6 +19,7 @@ from recbole_llm.convert.core import (
     InteractionLog,
     ItemText,
     Options,
+    add_processing_arguments,
     expand_inputs,
     find_one,
     open_text,
@@ -35,8 +36,15 @@ def load_json(path: Path) -> Any:
     with open_text(path) as handle:
         try:
             return json.load(handle)
+        except RecursionError:
+            raise ConversionError(f"{path}: nested deeper than the JSON parser allows (not a file of this format)") from None
         except json.JSONDecodeError as err:
             raise ConversionError(f"{path}, line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})") from None
+
+
+def add_arguments(parser) -> None:
+    """The command-line flags of this format."""
+    add_processing_arguments(parser, "kcore", "drop_items_without_meta", "dedupe", "max_text_len")
 
 
 def convert(inputs: Sequence[Path], output: Path, options: Options) -> ConversionResult:

@@ -30,6 +30,7 @@ from recbole_llm.convert.core import (
     InteractionLog,
     ItemText,
     Options,
+    add_processing_arguments,
     expand_inputs,
     find_one,
     open_text,
@@ -185,6 +186,11 @@ def _users(files: Sequence[Path], options: Options, notes: List[str]) -> Tuple[O
     frame["user_id"] = frame["user_id"].str.strip()
     types = {"user_id": "token", "gender": "token", "age": "token", "occupation": "token", "zip_code": "token"}
     return frame[list(types)], types
+
+
+def add_arguments(parser) -> None:
+    """The command-line flags of this format."""
+    add_processing_arguments(parser, "kcore", "drop_items_without_meta", "dedupe", "max_text_len")
 
 
 def convert(inputs: Sequence[Path], output: Path, options: Options) -> ConversionResult:

@@ -9,7 +9,9 @@
 Real timestamps are kept. The dev and test rows are each user's last two items: they are
 written after the user's training rows, and a dev/test time earlier than the user's last
 training time is raised to it, so RecBole's chronological leave-one-out split (stable on ties)
-reproduces the upstream split.
+reproduces the upstream split. A dev/test row of a user who has no training row would become a
+user without a training history: such rows are dropped and counted
+(``--keep-users-without-train`` keeps them).
 """
 from __future__ import annotations
 
@@ -22,9 +24,10 @@ from recbole_llm.convert.core import (
     InteractionLog,
     ItemText,
     Options,
+    add_processing_arguments,
     expand_inputs,
     find_one,
-    open_text,
+    tsv_lines,
     write_interaction_dataset,
 )
 from recbole_llm.convert.unisrec import read_index, read_text
@@ -36,29 +39,32 @@ COLUMNS = ("user_id", "item_id", "time")
 
 
 def _read_part(path: Path):
-    with open_text(path) as handle:
-        header = handle.readline().rstrip("\r\n").split("\t")
-        column = {name: i for i, name in enumerate(header)}
-        for name in COLUMNS:
-            if name not in column:
-                raise ConversionError(f"{path}, line 1: required column {name!r} is missing from the header")
-        indices = [column[name] for name in COLUMNS]
-        for lineno, line in enumerate(handle, 2):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            fields = line.split("\t")
-            if len(fields) < len(header):
-                raise ConversionError(f"{path}, line {lineno}: {len(fields)} fields, the header has {len(header)}")
-            user, item, time = (fields[i].strip() for i in indices)
-            for name, value in zip(COLUMNS, (user, item, time)):
-                if not value:
-                    raise ConversionError(f"{path}, line {lineno}: required field {name!r} is empty")
-            try:
-                seconds = float(time)
-            except ValueError:
-                raise ConversionError(f"{path}, line {lineno}: field 'time' is not a number: {time!r}") from None
-            yield user, item, seconds
+    lines = tsv_lines(path)
+    _, header = next(lines, (1, []))
+    column = {name: i for i, name in enumerate(header)}
+    for name in COLUMNS:
+        if name not in column:
+            raise ConversionError(f"{path}, line 1: required column {name!r} is missing from the header")
+    indices = [column[name] for name in COLUMNS]
+    for lineno, fields in lines:
+        if len(fields) < len(header):
+            raise ConversionError(f"{path}, line {lineno}: {len(fields)} fields, the header has {len(header)}")
+        user, item, time = (fields[i].strip() for i in indices)
+        for name, value in zip(COLUMNS, (user, item, time)):
+            if not value:
+                raise ConversionError(f"{path}, line {lineno}: required field {name!r} is empty")
+        try:
+            seconds = float(time)
+        except ValueError:
+            raise ConversionError(f"{path}, line {lineno}: field 'time' is not a number: {time!r}") from None
+        yield user, item, seconds
+
+
+def add_arguments(parser) -> None:
+    """The command-line flags of this format."""
+    add_processing_arguments(parser, "kcore", "drop_items_without_meta", "dedupe", "max_text_len")
+    parser.add_argument("--keep-users-without-train", action="store_true",
+                        help="keep dev/test rows of users absent from train.csv (dropped by default)")
 
 
 def convert(inputs: Sequence[Path], output: Path, options: Options) -> ConversionResult:
@@ -73,8 +79,16 @@ def convert(inputs: Sequence[Path], output: Path, options: Options) -> Conversio
     rows: Dict[str, list] = {}
     latest: Dict[str, float] = {}
     raised = 0
+    without_train: Dict[str, int] = {}
+    train_users = set()
     for part in PARTS:
         for user, item, seconds in _read_part(paths[part]):
+            if part == "train":
+                train_users.add(user)
+            elif user not in train_users:
+                without_train[part] = without_train.get(part, 0) + 1
+                if not options.keep_users_without_train:
+                    continue
             if asin is not None:
                 if item not in asin:
                     raise ConversionError(f"{paths[part]}: item id {item} is not in {index_file}")
@@ -89,6 +103,9 @@ def convert(inputs: Sequence[Path], output: Path, options: Options) -> Conversio
         for item, seconds in sequence:
             log.add(user, item, 1.0, seconds)
     notes: List[str] = []
+    for part, count in without_train.items():
+        action = "kept" if options.keep_users_without_train else "dropped"
+        notes.append(f"{paths[part]}: {count} row(s) of users absent from train.csv, {action}")
     if raised:
         notes.append(f"{raised} dev/test time(s) were earlier than the user's last training time and were raised to it")
     text = ItemText(("text",), options.text_limit(0))

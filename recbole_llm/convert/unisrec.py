@@ -23,11 +23,12 @@ from recbole_llm.convert.core import (
     ConversionError,
     ConversionResult,
     Options,
+    add_processing_arguments,
     clean_text,
     expand_inputs,
     find_one,
     item_frame,
-    open_text,
+    tsv_lines,
     write_dataset,
 )
 
@@ -36,38 +37,28 @@ HEADER = ["user_id:token", "item_id_list:token_seq", "item_id:token"]
 
 
 def read_index(path: Path) -> Dict[str, str]:
-    """``index -> original id`` from a ``<id>\\t<index>`` file."""
+    """``index -> original id`` from a ``<id>\t<index>`` file."""
     mapping: Dict[str, str] = {}
-    with open_text(path) as handle:
-        for lineno, line in enumerate(handle, 1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            fields = line.split("\t")
-            if len(fields) != 2:
-                raise ConversionError(f"{path}, line {lineno}: expected '<id>\\t<index>', found {len(fields)} field(s)")
-            original, index = fields
-            if index in mapping:
-                raise ConversionError(f"{path}, line {lineno}: index {index} is given twice")
-            mapping[index] = original
+    for lineno, fields in tsv_lines(path):
+        if len(fields) != 2:
+            raise ConversionError(f"{path}, line {lineno}: expected '<id>\\t<index>', found {len(fields)} field(s)")
+        original, index = fields
+        if index in mapping:
+            raise ConversionError(f"{path}, line {lineno}: index {index} is given twice")
+        mapping[index] = original
     return mapping
 
 
 def read_text(path: Path, max_words: int) -> Dict[str, str]:
-    """``item id -> cleaned text`` from a two-column ``<id>\\t<text>`` file with a header."""
+    """``item id -> cleaned text`` from a two-column ``<id>\t<text>`` file with a header."""
     texts: Dict[str, str] = {}
-    with open_text(path) as handle:
-        header = handle.readline()
-        if not header.strip():
-            raise ConversionError(f"{path}, line 1: missing header")
-        for lineno, line in enumerate(handle, 2):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            item, _, text = line.partition("\t")
-            if not item:
-                raise ConversionError(f"{path}, line {lineno}: required field 'item_id' is empty")
-            texts.setdefault(item, clean_text(text, max_words))
+    lines = tsv_lines(path)
+    if next(lines, (0, None))[0] != 1:
+        raise ConversionError(f"{path}, line 1: missing header")
+    for lineno, (item, *text) in lines:
+        if not item:
+            raise ConversionError(f"{path}, line {lineno}: required field 'item_id' is empty")
+        texts.setdefault(item, clean_text("\t".join(text), max_words))
     return texts
 
 
@@ -80,29 +71,30 @@ def _read_part(path: Path, users: Optional[Dict[str, str]], items: Dict[str, str
         except KeyError:
             raise ConversionError(f"{path}, line {lineno}: item index {index} is not in the item2index file") from None
 
-    with open_text(path) as handle:
-        header = handle.readline().rstrip("\r\n").split("\t")
-        if header != HEADER:
-            raise ConversionError(f"{path}, line 1: expected header {' '.join(HEADER)}, found {' '.join(header)}")
-        for lineno, line in enumerate(handle, 2):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            fields = line.split("\t")
-            if len(fields) != 3:
-                raise ConversionError(f"{path}, line {lineno}: expected 3 fields, found {len(fields)}")
-            user, history, target = fields
-            for name, value in (("user_id", user), ("item_id_list", history), ("item_id", target)):
-                if not value.strip():
-                    raise ConversionError(f"{path}, line {lineno}: required field {name!r} is empty")
-            if users is not None:
-                if user not in users:
-                    raise ConversionError(f"{path}, line {lineno}: user index {user} is not in the user2index file")
-                user = users[user]
-            rows["user_id"].append(user)
-            rows["item_id_list"].append(" ".join(item_token(i, lineno) for i in history.split()))
-            rows["item_id"].append(item_token(target, lineno))
+    lines = tsv_lines(path)
+    lineno, header = next(lines, (1, []))
+    if lineno != 1 or header != HEADER:
+        raise ConversionError(f"{path}, line 1: expected header {' '.join(HEADER)}, found {' '.join(header)}")
+    for lineno, fields in lines:
+        if len(fields) != 3:
+            raise ConversionError(f"{path}, line {lineno}: expected 3 fields, found {len(fields)}")
+        user, history, target = fields
+        for name, value in (("user_id", user), ("item_id_list", history), ("item_id", target)):
+            if not value.strip():
+                raise ConversionError(f"{path}, line {lineno}: required field {name!r} is empty")
+        if users is not None:
+            if user not in users:
+                raise ConversionError(f"{path}, line {lineno}: user index {user} is not in the user2index file")
+            user = users[user]
+        rows["user_id"].append(user)
+        rows["item_id_list"].append(" ".join(item_token(i, lineno) for i in history.split()))
+        rows["item_id"].append(item_token(target, lineno))
     return pd.DataFrame(rows)
+
+
+def add_arguments(parser) -> None:
+    """The command-line flags of this format."""
+    add_processing_arguments(parser, "max_text_len")
 
 
 def convert(inputs: Sequence[Path], output: Path, options: Options) -> ConversionResult:

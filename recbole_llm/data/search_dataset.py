@@ -24,22 +24,14 @@ for models trained on other datasets (SASRec on the recommendation events alone,
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import yaml
 from recbole.data.dataset import Dataset
 from recbole.data.interaction import Interaction
 
-BEHAVIOR_FIELD = "behavior"
-QUERY_FIELD = "query"
-CLICKS_FIELD = "session_items"
-ITEM_WORDS_FIELD = "item_words"
+from recbole_llm.convert.search import BEHAVIOR_FIELD, CLICKS_FIELD, ITEM_WORDS_FIELD, QUERY_FIELD
 
 REC, SEARCH = 1, 2
 KIND_NAMES = {REC: "rec", SEARCH: "search"}
@@ -287,68 +279,3 @@ class _TargetBuilder:
                 arrays[CANDIDATES] = arrays[CANDIDATES].reshape(-1, self.n_negatives + 1)
             out.append(arrays)
         return out
-
-
-INTER_HEADER = (
-    "user_id:token\titem_id:token\ttimestamp:float\tbehavior:token\tquery:token_seq\tsession_items:token_seq"
-)
-
-
-def _clean_token(token) -> str:
-    text = str(token)
-    if not text or any(ch.isspace() for ch in text):
-        raise ValueError(f"token {text!r} is empty or contains whitespace; atomic files separate tokens by spaces")
-    return text
-
-
-def write_search_dataset(
-    output_dir,
-    events: Sequence[Tuple[str, str, float, str, Sequence[str], Sequence[str]]],
-    item_words: Dict[str, Sequence[str]],
-    header_comment: str,
-    extra_config: Optional[Dict[str, object]] = None,
-) -> None:
-    """Write a mixed-behaviour dataset atomically: ``<name>.inter``, ``<name>.item``, ``<name>.yaml``.
-
-    ``events``: (user, item, timestamp, behavior, query words, clicked items) tuples;
-    ``item_words``: item text tokens per item (may be empty lists). The folder name is the
-    dataset name; everything is written into a temporary sibling folder that replaces
-    ``output_dir`` only when complete.
-    """
-    output_dir = Path(output_dir).resolve()
-    name = output_dir.name
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=output_dir.parent))
-    try:
-        with open(tmp / f"{name}.inter", "w", encoding="utf-8") as f:
-            f.write(INTER_HEADER + "\n")
-            for user, item, time, behavior, query, clicks in events:
-                if behavior not in ("rec", "search"):
-                    raise ValueError(f"behavior must be 'rec' or 'search', got {behavior!r}")
-                words = " ".join(_clean_token(w) for w in query)
-                clicked = " ".join(_clean_token(c) for c in clicks)
-                f.write(f"{_clean_token(user)}\t{_clean_token(item)}\t{float(time)}\t{behavior}\t{words}\t{clicked}\n")
-        with open(tmp / f"{name}.item", "w", encoding="utf-8") as f:
-            f.write("item_id:token\titem_words:token_seq\n")
-            for item in sorted(item_words):
-                f.write(f"{_clean_token(item)}\t{' '.join(_clean_token(w) for w in item_words[item])}\n")
-        config = {
-            "dataset": name,
-            "data_path": str(output_dir.parent),
-            "USER_ID_FIELD": "user_id",
-            "ITEM_ID_FIELD": "item_id",
-            "TIME_FIELD": "timestamp",
-            "load_col": {
-                "inter": ["user_id", "item_id", "timestamp", BEHAVIOR_FIELD, QUERY_FIELD, CLICKS_FIELD],
-                "item": ["item_id", ITEM_WORDS_FIELD],
-            },
-            **(extra_config or {}),
-        }
-        comment = "".join(f"# {line}\n" for line in header_comment.strip().splitlines())
-        (tmp / f"{name}.yaml").write_text(comment + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

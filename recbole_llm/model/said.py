@@ -28,8 +28,6 @@ from recbole_llm.utils import cache_dir
 class SAID(SequentialRecommender):
     """SASRec-style recommender over the stage-1 semantic item embeddings."""
 
-    single_process_reason = "stage 1 (semantic embedding learning) trains in one process"
-
     dataset_class = TextSeqDataset
 
     def __init__(self, config, dataset):

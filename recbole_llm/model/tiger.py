@@ -11,10 +11,18 @@ codes. Ranking: a constrained beam search over the trie of valid ids (``scoring:
 log-likelihoods are scattered into a -inf matrix) or the exact teacher-forced log-likelihood of
 every item (``scoring: exact``). ``predict`` returns the candidate's teacher-forced
 log-likelihood.
+
+Cost: histories differ in length, so a batch padded to its longest window spends most of the
+encoder's time on padding. Training and encoding sort a batch's rows by length and run the T5
+on ``length_buckets`` groups, each cut to its own longest window (the padding is masked, so the
+loss is the same as one padded pass). On CUDA the T5 runs under bfloat16 autocast
+(``mixed_precision``).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import List
 
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
@@ -37,20 +45,18 @@ from recbole_llm.model._generative import (
 logger = logging.getLogger(__name__)
 
 SCORING_MODES = ("beam", "exact")
+MIXED_PRECISION_MODES = ("auto", "bf16", "none")
 
 
 class TIGER(SequentialRecommender):
     """Semantic-id generative recommender (RecBole sequential model)."""
-
-    single_process_reason = "its RQ-VAE tokenizer trains in one process and beam-search evaluation is not sharded"
 
     dataset_class = SemanticIdDataset
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         codes = dataset.item_semantic_ids
-        level_sizes = [config["rqvae_codebook_size"]] * config["rqvae_levels"]
-        level_sizes.append(int(codes[1:, -1].max()) + 1)
+        level_sizes = list(dataset.semantic_id_level_sizes)
         self.vocabulary = SemanticIdVocabulary(tuple(level_sizes))
         self.register_buffer("item_tokens", self.vocabulary.item_tokens(codes), persistent=False)
         self.trie = PrefixTrie(codes, level_sizes)
@@ -67,6 +73,12 @@ class TIGER(SequentialRecommender):
         self.history_items = self.max_seq_length if history_items is None else int(history_items)
         if self.history_items < 1:
             raise ValueError(f"history_items must be a positive integer or ~, got {history_items!r}")
+        self.length_buckets = int(config["length_buckets"])
+        if self.length_buckets < 1:
+            raise ValueError(f"length_buckets must be a positive integer, got {config['length_buckets']!r}")
+        self.mixed_precision = config["mixed_precision"]
+        if self.mixed_precision not in MIXED_PRECISION_MODES:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION_MODES}, got {self.mixed_precision!r}")
 
     def _t5_config(self, config) -> T5Config:
         return T5Config(
@@ -101,12 +113,31 @@ class TIGER(SequentialRecommender):
         tokens = self.item_tokens[recent].reshape(len(recent), -1)
         return tokens, tokens != PAD_TOKEN
 
+    def length_buckets_of(self, mask: torch.Tensor) -> List[torch.Tensor]:
+        """Row indices of ``mask`` [B, N] in ``length_buckets`` groups of similar length, shortest first."""
+        order = mask.sum(dim=1).argsort(stable=True)
+        return list(order.chunk(min(self.length_buckets, len(order))))
+
+    def autocast(self, device: torch.device):
+        """bfloat16 autocast for the T5 when ``mixed_precision`` asks for it (``auto``: on CUDA only)."""
+        if self.mixed_precision == "bf16" or (self.mixed_precision == "auto" and device.type == "cuda"):
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def calculate_loss(self, interaction) -> torch.Tensor:
+        """Mean next-item token cross-entropy, the T5 run once per length bucket."""
         tokens, mask = self.encoder_inputs(interaction)
         targets = self.item_tokens[interaction[self.POS_ITEM_ID]]
-        logits = self.t5(input_ids=tokens, attention_mask=mask, decoder_input_ids=shift_right(targets)).logits
-        logits = logits / self.loss_temperature
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        total = tokens.new_zeros((), dtype=torch.float)
+        for rows in self.length_buckets_of(mask):
+            width = max(1, int(mask[rows].sum(dim=1).max()))
+            with self.autocast(tokens.device):
+                logits = self.t5(input_ids=tokens[rows, :width], attention_mask=mask[rows, :width],
+                                 decoder_input_ids=shift_right(targets[rows])).logits
+            logits = logits.float() / self.loss_temperature
+            total = total + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[rows].reshape(-1),
+                                            reduction="sum")
+        return total / targets.numel()
 
     # ------------------------------------------------------------------ scoring
     def predict(self, interaction) -> torch.Tensor:
@@ -126,9 +157,19 @@ class TIGER(SequentialRecommender):
         candidates = self.beam_size if self.scoring == "beam" else 64
         return max(1, self.decode_batch_tokens // (candidates * len(self.vocabulary.level_sizes)))
 
+    def encode(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Encoder output [B, N, d] (meaningless where ``mask`` is False), run once per length bucket."""
+        encoder = self.t5.get_encoder()
+        hidden = torch.zeros(*tokens.shape, self.t5.config.d_model, device=tokens.device)
+        for rows in self.length_buckets_of(mask):
+            width = max(1, int(mask[rows].sum(dim=1).max()))
+            with self.autocast(tokens.device):
+                part = encoder(input_ids=tokens[rows, :width], attention_mask=mask[rows, :width]).last_hidden_state
+            hidden[rows, :width] = part.float()
+        return hidden
+
     def _decoder(self, tokens: torch.Tensor, mask: torch.Tensor) -> SharedMemoryDecoder:
-        hidden = self.t5.get_encoder()(input_ids=tokens, attention_mask=mask).last_hidden_state
-        return SharedMemoryDecoder(self.t5, hidden, mask)
+        return SharedMemoryDecoder(self.t5, self.encode(tokens, mask), mask)
 
     def _score_users(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.scoring == "exact":
@@ -140,9 +181,10 @@ class TIGER(SequentialRecommender):
     def beam_search(self, tokens: torch.Tensor, mask: torch.Tensor):
         """Top ``beam_size`` (items [B, W], log-likelihoods [B, W]) by constrained beam search."""
         decoder = self._decoder(tokens, mask)
-        return constrained_beam_search(
-            decoder.next_log_probs, self.trie, self.vocabulary, len(tokens), self.beam_size, tokens.device
-        )
+        with self.autocast(tokens.device):
+            return constrained_beam_search(
+                decoder.next_log_probs, self.trie, self.vocabulary, len(tokens), self.beam_size, tokens.device
+            )
 
     def exact_scores(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Teacher-forced log-likelihood of every item [B, n_items] (column 0: -inf)."""

@@ -197,8 +197,6 @@ class BilinearInfoNCE(nn.Module):
 class UniSAR(SequentialRecommender):
     """UniSAR on RecBole: see the module docstring; ``properties/model/UniSAR.yaml`` for the keys."""
 
-    single_process_reason = "its sampled-candidate evaluation is not sharded across processes"
-
     dataset_class = SearchRecDataset
     trainer_class = UniSARTrainer
 

@@ -8,21 +8,27 @@ for LETTER, collaborative embeddings (computed by the caller, see :mod:`recbole_
 2. the codes: ``rqvae_levels`` levels (the last one Sinkhorn-balanced), then one extra
    de-duplication level numbering the items that share the same codes, so that every item's id
    is unique. The collision rate before de-duplication is the stage's report.
+
+:func:`external_semantic_ids` instead reads a released LC-Rec/LETTER index (``{"<item>":
+["<a_12>", "<b_7>", ...]}``) through the dataset's item tokens (the ``external_semantic_ids``
+stage) and de-duplicates it the same way.
 """
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from recbole_llm.quantize.kmeans import balanced_kmeans
 from recbole_llm.quantize.rqvae import RQVAE, RQVAEConfig
-from recbole_llm.stages import Checkpoint, Stage
+from recbole_llm.stages import Checkpoint, Stage, path_input
 
 logger = logging.getLogger(__name__)
 
@@ -239,3 +245,84 @@ def _with_padding_row(ids: np.ndarray) -> torch.Tensor:
     table = torch.full((ids.shape[0] + 1, ids.shape[1]), -1, dtype=torch.long)
     table[1:] = torch.from_numpy(ids)
     return table
+
+
+CODE_TOKEN = re.compile(r"^<([A-Za-z]+)_(\d+)>$")
+
+
+class SemanticIdIndexError(ValueError):
+    """A released semantic-id index that cannot serve the dataset (names the file and entry)."""
+
+
+def parse_code_index(path: Path) -> Dict[str, List[int]]:
+    """Codes of every entry of an LC-Rec/LETTER index ``{"<item>": ["<a_12>", "<b_7>", ...]}``.
+
+    Every entry must be a list of the same length whose position t always carries the same
+    level prefix (``a``, ``b``, ...); anything else raises :class:`SemanticIdIndexError`.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            index = json.load(handle)
+    except json.JSONDecodeError as err:
+        raise SemanticIdIndexError(
+            f"{path}, line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})") from None
+    if not isinstance(index, dict) or not index:
+        raise SemanticIdIndexError(f"{path}: expected a non-empty object {{item: [code, ...]}}")
+    prefixes: Optional[List[str]] = None
+    codes: Dict[str, List[int]] = {}
+    for item, entry in index.items():
+        if not isinstance(entry, list) or not entry:
+            raise SemanticIdIndexError(f"{path}: item {item!r}: expected a list of codes like \"<a_12>\", got {entry!r}")
+        matches = [CODE_TOKEN.match(code) if isinstance(code, str) else None for code in entry]
+        for position, (code, match) in enumerate(zip(entry, matches)):
+            if match is None:
+                raise SemanticIdIndexError(
+                    f"{path}: item {item!r}, position {position}: code {code!r} is not of the form \"<a_12>\"")
+        if prefixes is None:
+            prefixes = [match.group(1) for match in matches]
+        if len(entry) != len(prefixes):
+            raise SemanticIdIndexError(
+                f"{path}: item {item!r} has {len(entry)} codes, expected {len(prefixes)} like the first entry")
+        for position, (match, prefix) in enumerate(zip(matches, prefixes)):
+            if match.group(1) != prefix:
+                raise SemanticIdIndexError(
+                    f"{path}: item {item!r}, position {position}: level prefix {match.group(1)!r}, expected {prefix!r}")
+        codes[str(item)] = [int(match.group(2)) for match in matches]
+    return codes
+
+
+def external_semantic_ids(path: str | Path, item_tokens: Sequence[str],
+                          cache_folder: Path) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """Unique semantic ids [len(item_tokens) + 1, L+1] read from a released index (row 0: -1).
+
+    ``item_tokens`` are the dataset's item tokens in internal-id order from id 1 (for data
+    converted by the ``lcrec`` converter they are the index's item keys). Colliding codes get the
+    de-duplication level of :func:`deduplicate`; the report counts them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"semantic_id_file: {str(path)!r} is not a file")
+    tokens = [str(token) for token in item_tokens]
+    stage = Stage("external_semantic_ids", cache_folder, {"index": path_input(path), "item_tokens": tokens})
+
+    def compute():
+        index = parse_code_index(path)
+        missing = [token for token in tokens if token not in index]
+        if missing:
+            raise SemanticIdIndexError(
+                f"{path}: {len(missing)} of the dataset's {len(tokens)} items have no entry "
+                f"(first: {missing[:5]}); the keys must be the dataset's item tokens")
+        ids, report = deduplicate(np.array([index[token] for token in tokens], dtype=np.int64))
+        report.update(index_file=str(path), index_entries=len(index),
+                      colliding_ids=report["n_items"] - report["unique_codes_before_dedup"])
+        logger.info("semantic ids from %s: %s", path, report)
+        return ids, report
+
+    ids = stage.run(compute)
+    report = {key: value for key, value in stage.report.items() if key not in ("stage", "path")}
+    return _with_padding_row(ids), report
+
+
+def level_sizes_of(ids: torch.Tensor) -> List[int]:
+    """Codes per level of semantic ids [item_num, L] (row 0, padding, skipped): max + 1."""
+    return [int(size) + 1 for size in ids[1:].max(dim=0).values.tolist()]
