@@ -120,7 +120,7 @@ def test_pretrain_then_finetune_learns_permutation_and_round_trips(vq_config):
     assignment = model.permutation.assignment()
     assert end < start
     assert _is_bijection(assignment)
-    assert not torch.equal(assignment, torch.arange(model.code_cap).repeat(model.code_dim, 1))
+    assert not torch.equal(assignment, torch.arange(model.codebook_size).repeat(model.n_codebooks, 1))
     with torch.no_grad():
         permuted = model.code_table().clone()
     model.fix_permutation()

@@ -5,8 +5,10 @@ Reference:
     Representation for Transferable Sequential Recommenders." TheWebConf (WWW) 2023.
     arXiv:2210.12316.
 
-Each item's text embedding is quantized by OPQ + PQ into ``code_dim`` codes (one per sub-codebook
-of ``code_cap`` codes, :mod:`recbole_llm.quantize.pq`); the item representation is the mean of
+Each item's text embedding is quantized by OPQ + PQ into ``n_codebooks`` codes (one per
+sub-codebook of ``codebook_size`` codes, :mod:`recbole_llm.quantize.pq`; config keys ``code_dim``
+and ``code_cap``, the upstream names), fitted here or read from a released faiss index
+(``pq_index_file``); the item representation is the mean of
 its code embeddings (plus an ID embedding in ``transductive_ft``). A causal Transformer encodes
 the sequence; scores are cosine similarities over ``temperature``.
 
@@ -16,13 +18,13 @@ semi-synthetic negatives), ``inductive_ft`` (codes only: unseen items work) and
 that checkpoint's code embeddings and encoder; fine-tuning it first learns
 a per-sub-codebook permutation of the pre-trained code embeddings (hard Hungarian assignment in
 the forward pass, Sinkhorn gradient in the backward pass), then fixes it and trains the model;
-:class:`recbole_llm.trainer.vqrec.VQRecTrainer` runs that schedule.
+:class:`recbole_llm.trainer.transfer.TransferTrainer` runs that schedule. ``pretrained_file`` may
+also be a checkpoint of the authors' release (RUCAIBox/VQ-Rec): its names and code-table layout
+are mapped to ours (:func:`from_official_state`).
 """
 from __future__ import annotations
 
-import logging
-import os
-from typing import Dict, List
+from typing import List
 
 import numpy as np
 import torch
@@ -31,18 +33,64 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from recbole_llm.data.transfer_dataset import TransferTextDataset
 from recbole_llm.model._layers import transformer_encoder
-from recbole_llm.data.text_dataset import TextSeqDataset
-from recbole_llm.quantize.pq import cached_item_codes
-from recbole_llm.trainer.vqrec import VQRecTrainer
+from recbole_llm.model._transfer import StateDict, copy_transferred, init_weights, read_state_dict
+from recbole_llm.quantize.pq import cached_item_codes, released_item_codes
+from recbole_llm.trainer.transfer import TransferTrainer
 from recbole_llm.utils import cache_dir
-
-logger = logging.getLogger(__name__)
 
 TRAIN_STAGES = ("pretrain", "inductive_ft", "transductive_ft")
 # Parameters a pre-trained checkpoint hands to fine-tuning (item codes and IDs are per dataset).
 TRANSFERRED_PREFIXES = ("code_embedding.", "position_embedding.", "trm_encoder.", "LayerNorm.")
 ENCODER_PREFIXES = ("position_embedding.", "trm_encoder.")
+SIZE_KEYS = "hidden_size, n_layers, inner_size, code_dim, code_cap and MAX_ITEM_LIST_LENGTH"
+OFFICIAL_CODE_TABLE = "pq_code_embedding.weight"
+
+
+def from_official_state(state: StateDict) -> StateDict:
+    """A RUCAIBox/VQ-Rec state dict with our names and code-table layout.
+
+    The release keeps one padding row per sub-codebook (``pq_code_embedding``:
+    ``[n_codebooks * (codebook_size + 1), hidden]``, code ``c`` of book ``d`` at row
+    ``d * (codebook_size + 1) + 1 + c``); ours has one padding row 0 and code ``c`` of book ``d``
+    at row ``1 + d * codebook_size + c``. Its permutation logits (``trans_matrix``
+    ``[n_codebooks, codebook_size + 1, codebook_size + 1]``) are dropped: ours start at the
+    identity. A state dict without ``pq_code_embedding`` is returned unchanged.
+    """
+    if OFFICIAL_CODE_TABLE not in state:
+        return state
+    official = state[OFFICIAL_CODE_TABLE]
+    trans = state.get("trans_matrix")
+    if trans is None or trans.dim() != 3 or trans.shape[1] != trans.shape[2]:
+        raise ValueError(
+            "a RUCAIBox/VQ-Rec checkpoint holds trans_matrix [n_codebooks, codebook_size + 1, codebook_size + 1] "
+            "beside pq_code_embedding; it is missing or malformed"
+        )
+    n_codebooks, codebook_size = trans.shape[0], trans.shape[1] - 1
+    if official.shape[0] != n_codebooks * (codebook_size + 1):
+        raise ValueError(
+            f"pq_code_embedding has {official.shape[0]} rows, expected n_codebooks * (codebook_size + 1) = "
+            f"{n_codebooks} * {codebook_size + 1}"
+        )
+    books = official.view(n_codebooks, codebook_size + 1, -1)[:, 1:]
+    table = torch.cat([official.new_zeros(1, official.shape[1]), books.reshape(-1, official.shape[1])])
+    mapped = {key: value for key, value in state.items() if key not in (OFFICIAL_CODE_TABLE, "trans_matrix")}
+    mapped["code_embedding.weight"] = table
+    return mapped
+
+
+def to_official_state(state: StateDict, n_codebooks: int, codebook_size: int) -> StateDict:
+    """Our VQRec state dict in the release's names and layout (the inverse of :func:`from_official_state`,
+    with an identity-initialised ``trans_matrix``); for exchanging checkpoints with RUCAIBox/VQ-Rec."""
+    table = state["code_embedding.weight"]
+    books = table[1:].view(n_codebooks, codebook_size, -1)
+    official = torch.cat([books.new_zeros(n_codebooks, 1, books.shape[-1]), books], dim=1)
+    mapped = {key: value for key, value in state.items()
+              if key.startswith(TRANSFERRED_PREFIXES) and key != "code_embedding.weight"}
+    mapped[OFFICIAL_CODE_TABLE] = official.reshape(-1, books.shape[-1])
+    mapped["trans_matrix"] = torch.eye(codebook_size + 1).repeat(n_codebooks, 1, 1)
+    return mapped
 
 
 def log_sinkhorn(log_scores: torch.Tensor, n_iter: int) -> torch.Tensor:
@@ -65,21 +113,21 @@ def hard_assignment(scores: torch.Tensor) -> torch.Tensor:
 
 
 class CodePermutation(nn.Module):
-    """Learnable permutation of each sub-codebook's ``code_cap`` code embeddings.
+    """Learnable permutation of each sub-codebook's ``codebook_size`` code embeddings.
 
-    The forward pass returns hard permutation matrices [n_codebooks, code_cap, code_cap] whose
+    The forward pass returns hard permutation matrices [n_codebooks, codebook_size, codebook_size] whose
     gradient is that of their Sinkhorn relaxation (straight-through), so the score matrix learns
     while every forward pass uses a true bijection. Scores start at the identity.
     """
 
-    def __init__(self, n_codebooks: int, code_cap: int, tau: float = 1.0, n_iter: int = 10):
+    def __init__(self, n_codebooks: int, codebook_size: int, tau: float = 1.0, n_iter: int = 10):
         super().__init__()
         self.tau = tau
         self.n_iter = n_iter
-        self.scores = nn.Parameter(torch.eye(code_cap).repeat(n_codebooks, 1, 1))
+        self.scores = nn.Parameter(torch.eye(codebook_size).repeat(n_codebooks, 1, 1))
 
     def assignment(self) -> torch.Tensor:
-        """[n_codebooks, code_cap] long: code ``i`` of codebook ``d`` takes embedding ``[d, result[d, i]]``."""
+        """[n_codebooks, codebook_size] long: code ``i`` of book ``d`` takes embedding ``[d, result[d, i]]``."""
         return hard_assignment(self.scores)
 
     def forward(self) -> torch.Tensor:
@@ -91,16 +139,16 @@ class CodePermutation(nn.Module):
 class VQRec(SequentialRecommender):
     """VQ-Rec as a RecBole sequential model; see the module docstring."""
 
-    dataset_class = TextSeqDataset
-    trainer_class = VQRecTrainer
+    dataset_class = TransferTextDataset
+    trainer_class = TransferTrainer
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.train_stage = config["train_stage"]
         if self.train_stage not in TRAIN_STAGES:
             raise ValueError(f"train_stage must be one of {TRAIN_STAGES}, got {self.train_stage!r}")
-        self.code_dim = config["code_dim"]
-        self.code_cap = config["code_cap"]
+        self.n_codebooks = config["code_dim"]  # the upstream key names
+        self.codebook_size = config["code_cap"]
         self.temperature = config["temperature"]
         if not self.temperature or self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
@@ -110,10 +158,8 @@ class VQRec(SequentialRecommender):
             raise ValueError(f"VQRec trains with loss_type: CE, got {config['loss_type']!r}")
 
         self.register_buffer("item_codes", self._load_item_codes(config, dataset))
-        self.register_buffer(
-            "codebook_offsets", torch.arange(self.code_dim, dtype=torch.long) * self.code_cap + 1
-        )
-        self.code_embedding = nn.Embedding(self.code_dim * self.code_cap + 1, self.hidden_size, padding_idx=0)
+        self.register_buffer("codebook_offsets", self.codebook_offsets_for(self.n_codebooks, self.codebook_size))
+        self.code_embedding = nn.Embedding(self.n_codebooks * self.codebook_size + 1, self.hidden_size, padding_idx=0)
         self.item_id_embedding = (
             nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
             if self.train_stage == "transductive_ft" else None
@@ -122,50 +168,47 @@ class VQRec(SequentialRecommender):
         self.trm_encoder = transformer_encoder(config, self.hidden_size)
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
         self.dropout = nn.Dropout(config["hidden_dropout_prob"])
-        self.initializer_range = config["initializer_range"]
-        self.apply(self._init_weights)
+        self.apply(lambda module: init_weights(module, config["initializer_range"]))
 
         self.permutation = None
         if config["pretrained_file"] and config["permutation_epochs"] > 0:
             self.permutation = CodePermutation(
-                self.code_dim, self.code_cap, config["sinkhorn_tau"], config["sinkhorn_iter"]
+                self.n_codebooks, self.codebook_size, config["sinkhorn_tau"], config["sinkhorn_iter"]
             )
         self.register_buffer("permutation_active", torch.tensor(False))
         if config["pretrained_file"]:
             self.load_pretrained(config["pretrained_file"])
 
     # ----- construction -------------------------------------------------------------------
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-                module.weight.data[module.padding_idx].zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-
     def _load_item_codes(self, config, dataset) -> torch.Tensor:
-        """[n_items, code_dim] rows of the code-embedding table; row 0 (padding) is all 0.
+        """[n_items, n_codebooks] rows of the code-embedding table; row 0 (padding) is all 0.
 
-        The quantizer is fitted on the items of the training split only and cached beside the
-        dataset (``cache_dir(config, "vqrec")``).
+        With ``pq_index_file`` the codes come from that released faiss index; otherwise the
+        quantizer is fitted on the items of the training split only and cached beside the dataset
+        (``cache_dir(config, "vqrec")``).
         """
         embeddings = dataset.item_text_emb.numpy()
-        codes = cached_item_codes(
-            embeddings[1:],
-            self._training_items(dataset) - 1,
-            cache_dir(config, "vqrec"),
-            code_dim=self.code_dim,
-            code_cap=self.code_cap,
-            seed=config["seed"],
-            threads=config["pq_threads"],
-            opq_iter=config["opq_iter"],
-        )
-        table_rows = torch.zeros(len(embeddings), self.code_dim, dtype=torch.long)
-        table_rows[1:] = torch.from_numpy(codes) + torch.arange(self.code_dim) * self.code_cap + 1
+        if config["pq_index_file"]:
+            codes = released_item_codes(config["pq_index_file"], embeddings[1:], self.n_codebooks, self.codebook_size)
+        else:
+            codes = cached_item_codes(
+                embeddings[1:],
+                self._training_items(dataset) - 1,
+                cache_dir(config, "vqrec"),
+                code_dim=self.n_codebooks,
+                code_cap=self.codebook_size,
+                seed=config["seed"],
+                threads=config["pq_threads"],
+                opq_iter=config["opq_iter"],
+            )
+        table_rows = torch.zeros(len(embeddings), self.n_codebooks, dtype=torch.long)
+        table_rows[1:] = torch.from_numpy(codes) + self.codebook_offsets_for(self.n_codebooks, self.codebook_size)
         return table_rows
+
+    @staticmethod
+    def codebook_offsets_for(n_codebooks: int, codebook_size: int) -> torch.Tensor:
+        """Row of code 0 of each sub-codebook in the code-embedding table (row 0 is padding)."""
+        return torch.arange(n_codebooks, dtype=torch.long) * codebook_size + 1
 
     def _training_items(self, dataset) -> np.ndarray:
         """Internal ids (> 0) of the items in the training interactions (targets and histories)."""
@@ -181,7 +224,7 @@ class VQRec(SequentialRecommender):
         weight = self.code_embedding.weight
         if self.permutation is None or not bool(self.permutation_active):
             return weight
-        books = weight[1:].view(self.code_dim, self.code_cap, self.hidden_size)
+        books = weight[1:].view(self.n_codebooks, self.codebook_size, self.hidden_size)
         if torch.is_grad_enabled():
             permuted = torch.bmm(self.permutation(), books)
         else:  # the exact rows, no straight-through arithmetic
@@ -226,7 +269,7 @@ class VQRec(SequentialRecommender):
         """Hard negatives [B, hidden_size]: each code of a positive item is replaced by a random
         code of its sub-codebook with probability ``fake_idx_ratio``, then pooled."""
         codes = self.item_codes[positives]
-        random_codes = torch.randint_like(codes, self.code_cap) + self.codebook_offsets
+        random_codes = torch.randint_like(codes, self.codebook_size) + self.codebook_offsets
         replaced = torch.rand(codes.shape, device=codes.device) < self.fake_idx_ratio
         return self._pool_codes(torch.where(replaced, random_codes, codes), table)
 
@@ -258,30 +301,14 @@ class VQRec(SequentialRecommender):
 
     # ----- transfer from a pre-trained checkpoint ------------------------------------------
     def load_pretrained(self, path: str) -> List[str]:
-        """Copy the code embeddings and the sequence encoder of a pre-trained checkpoint.
+        """Copy the code embeddings and the sequence encoder of a pre-trained checkpoint (ours or
+        the authors' release, whose names are mapped by :func:`from_official_state`).
 
         Item codes and ID embeddings belong to the pre-training data and are not copied. Returns
         the names of the copied tensors.
         """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"pretrained_file {path!r} does not exist (a VQRec checkpoint .pth)")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        state: Dict[str, torch.Tensor] = checkpoint.get("state_dict", checkpoint)
-        own = self.state_dict()
-        copied = [key for key in state if key.startswith(TRANSFERRED_PREFIXES)]
-        if "code_embedding.weight" not in copied:
-            raise ValueError(f"pretrained_file {path!r} holds no VQRec code embeddings")
-        for key in copied:
-            if key not in own or own[key].shape != state[key].shape:
-                raise ValueError(
-                    f"pretrained_file {path!r}: {key} has shape {tuple(state[key].shape)}, this model "
-                    f"expects {tuple(own[key].shape) if key in own else 'no such tensor'}; use the "
-                    "pre-training values of hidden_size, n_layers, inner_size, code_dim, code_cap "
-                    "and MAX_ITEM_LIST_LENGTH"
-                )
-        self.load_state_dict({key: state[key] for key in copied}, strict=False)
-        logger.info("loaded %d pre-trained tensors from %s", len(copied), path)
-        return copied
+        return copy_transferred(self, read_state_dict(path), TRANSFERRED_PREFIXES, path,
+                                required="code_embedding.weight", size_keys=SIZE_KEYS, convert=from_official_state)
 
     def learn_permutation(self) -> None:
         """Train the code permutation only; everything else is frozen."""

@@ -108,3 +108,43 @@ def cached_item_codes(
         return codes, {"n_items": int(len(codes)), "fit_items": int(len(fit_rows)), **settings}
 
     return stage.run(compute)
+
+
+def released_item_codes(index_path: str, embeddings: np.ndarray, code_dim: int, code_cap: int) -> np.ndarray:
+    """Codes [n, code_dim] of ``embeddings`` under a released faiss index instead of a fitted one.
+
+    ``index_path`` is an ``OPQ{D},IVF1,PQ{D}x{b}`` index as VQ-Rec ships them
+    (``<Name>.OPQ32,IVF1,PQ32x8.strict.index``: the quantizer trained on the BERT-CLS features of
+    the training items). The vectors are rotated by its OPQ matrix, centred on its single IVF
+    centroid and encoded by its product quantizer; the index itself is not changed. Raises
+    ValueError when the index is not of that form, its width differs from the embeddings' or its
+    codebooks differ from ``code_dim`` x ``code_cap``.
+    """
+    import faiss
+
+    if not Path(index_path).is_file():
+        raise FileNotFoundError(f"pq_index_file {index_path!r} does not exist (a faiss OPQ,IVF1,PQ index)")
+    index = faiss.read_index(str(index_path))
+    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[1] != index.d:
+        raise ValueError(
+            f"pq_index_file {index_path!r} encodes {index.d}-d vectors, but the item text embeddings are "
+            f"{vectors.shape[1] if vectors.ndim == 2 else vectors.shape}-d: use the embeddings the index was "
+            "trained on (text_embedding_file, e.g. the release's .feat1CLS) or fit codes without pq_index_file"
+        )
+    if not isinstance(index, faiss.IndexPreTransform) or index.chain.size() != 1:
+        raise ValueError(f"pq_index_file {index_path!r} is not an OPQ,IVF1,PQ index (no single OPQ transform)")
+    rotation = faiss.downcast_VectorTransform(index.chain.at(0))
+    ivf = faiss.downcast_index(index.index)
+    if not isinstance(ivf, faiss.IndexIVFPQ) or ivf.nlist != 1:
+        raise ValueError(f"pq_index_file {index_path!r} is not an OPQ,IVF1,PQ index (found {type(ivf).__name__})")
+    if ivf.pq.M != code_dim or ivf.pq.ksub != code_cap:
+        raise ValueError(
+            f"pq_index_file {index_path!r} has {ivf.pq.M} sub-codebooks of {ivf.pq.ksub} codes; "
+            f"set code_dim: {ivf.pq.M} and code_cap: {ivf.pq.ksub} (now {code_dim} and {code_cap})"
+        )
+    rotated = rotation.apply(vectors)
+    if ivf.by_residual:
+        rotated = rotated - ivf.quantizer.reconstruct(0)[None, :]
+    packed = ivf.pq.compute_codes(np.ascontiguousarray(rotated, dtype=np.float32))
+    return _unpack_codes(packed, code_dim, _bits_per_code(code_cap))

@@ -1,24 +1,29 @@
-"""VQ-Rec fine-tuning schedule on top of RecBole's :class:`~recbole.trainer.Trainer`.
+"""Fine-tuning schedule of the text-based transferable models (VQRec, UniSRec).
 
-Without ``pretrained_file`` this is RecBole's Trainer unchanged. With it (the model has loaded the
-pre-trained code embeddings and sequence encoder), for the first ``permutation_epochs`` epochs only
-the code permutation learns (at ``permutation_lr``); after that the permutation is written into
-the code-embedding table and the model trains, with the sequence encoder frozen when
-``freeze_encoder`` is set.
+Without ``pretrained_file`` this is RecBole's :class:`~recbole.trainer.Trainer` unchanged. With it
+(the model has loaded the pre-trained tensors), the sequence encoder stays frozen when
+``freeze_encoder`` is set (the papers' ``fix_enc``). A model that learns a code permutation
+(VQRec) trains only that permutation for the first ``permutation_epochs`` epochs, at
+``permutation_lr``; then the permutation is written into the model and the model trains.
+
+The model provides ``set_trainable(encoder: bool)`` and ``permutation_parameters()``, and, when
+the latter is not empty, ``learn_permutation()``, ``fix_permutation()`` and the boolean buffer
+``permutation_active``.
 """
 from __future__ import annotations
 
 from recbole.trainer import Trainer
 
 
-class VQRecTrainer(Trainer):
-    """RecBole's Trainer plus the fine-tuning schedule of VQ-Rec (permutation, frozen encoder)."""
+class TransferTrainer(Trainer):
+    """RecBole's Trainer plus the transfer schedule (frozen encoder, VQRec's code permutation)."""
 
     def __init__(self, config, model):
         self.permutation_epochs = 0
         self.freeze_encoder = bool(config["freeze_encoder"])
         if config["pretrained_file"]:  # the model has loaded it
-            self.permutation_epochs = int(config["permutation_epochs"] or 0)
+            if model.permutation_parameters():
+                self.permutation_epochs = int(config["permutation_epochs"] or 0)
             model.set_trainable(encoder=not self.freeze_encoder)
         super().__init__(config, model)
 
@@ -36,7 +41,7 @@ class VQRecTrainer(Trainer):
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         if epoch_idx < self.permutation_epochs:
             self.model.learn_permutation()
-        elif bool(self.model.permutation_active):
+        elif self.permutation_epochs and bool(self.model.permutation_active):
             self.model.fix_permutation()
             self.model.set_trainable(encoder=not self.freeze_encoder)
             self.logger.info("code permutation fixed after epoch %d; training the model", epoch_idx - 1)
