@@ -160,10 +160,9 @@ def sasrec_teacher_from_checkpoint(path, dataset):
         raise ValueError(f"cf_checkpoint {str(path)!r} is not a RecBole SASRec checkpoint (config, state_dict)")
     cf_tokens = [str(token) for token in create_dataset(cf_config).field2id_token[cf_config["ITEM_ID_FIELD"]]]
     tokens = [str(token) for token in dataset.field2id_token[dataset.iid_field]]
-    rows = aligned_rows(state["item_embedding.weight"].float().numpy(), cf_tokens, tokens[1:],
-                        source=f"cf_checkpoint {str(path)!r}")
-    table = torch.zeros(len(tokens), rows.shape[1])
-    table[1:] = torch.from_numpy(rows)
+    weight = state["item_embedding.weight"].float()
+    rows = aligned_rows(weight.numpy(), cf_tokens, tokens[1:], source=f"cf_checkpoint {str(path)!r}")
+    table = torch.cat([weight[:1], torch.from_numpy(rows)])  # the padding row as the checkpoint has it
     cf_config["device"] = "cpu"
     model = SASRec(cf_config, dataset)
     model.load_state_dict({**state, "item_embedding.weight": table})

@@ -143,3 +143,18 @@ def test_runs_end_to_end_under_full_ranking(llmsrec_config):
     result = run_recbole_llm(model="LLMSRec", config_dict={**llmsrec_config, "epochs": 1}, saved=False)
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
     assert "sasrec_teacher" in result["preparation"], result["preparation"]
+
+
+def test_teacher_from_a_sasrec_checkpoint(llmsrec_config):
+    sasrec = run_recbole_llm(model="SASRec", config_dict={**llmsrec_config, "model": "SASRec", "hidden_size": 8,
+                                                          "inner_size": 16, "train_batch_size": 256}, saved=True)
+    checkpoint = torch.load(sasrec["saved_model_file"], map_location="cpu", weights_only=False)
+    config, model, _, _ = _build({**llmsrec_config, "cf_checkpoint": sasrec["saved_model_file"]})
+    assert not list(cache_dir(config, "teachers").glob("sasrec_teacher_*.pt")), "a checkpoint must not train a teacher"
+    for name, tensor in checkpoint["state_dict"].items():
+        assert torch.equal(model.teacher.state_dict()[name], tensor), name
+
+
+def test_a_missing_checkpoint_is_named(llmsrec_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match="cf_checkpoint"):
+        _build({**llmsrec_config, "cf_checkpoint": str(tmp_path / "none.pth")})
