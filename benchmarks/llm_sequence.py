@@ -1,11 +1,13 @@
 """Cost and accuracy of LLMSRec / LiteLLM4Rec beside their SASRec on a budget (a CPU run).
 
     python benchmarks/llm_sequence.py --model LLMSRec --dataset Office --data_path dataset \
-        --config_files dataset/Office/Office.yaml --train_steps 30 --eval_users 300 --set llmsrec_history=10
+        --config_files dataset/Office/Office.yaml --users 500 --train_steps 30 --eval_users 300 --uni99
 
-The model is built on the whole converted dataset (its SASRec teacher, cached, trains on all of
-it), trained for ``--train_steps`` batches of RecBole's shuffled training data (seconds per step,
-and per epoch extrapolated to every batch), then evaluated under full ranking and, with
+The model is built on the converted dataset, or with ``--users`` on a seeded sample of its users
+(all their interactions, written beside it as ``<dataset>-u<N>``); its SASRec teacher (cached)
+trains on the same data. It is trained for ``--train_steps`` batches of RecBole's shuffled
+training data (seconds per step, and per epoch extrapolated to every batch), then evaluated under
+full ranking and, with
 ``--uni99``, under 1 positive + 99 sampled negatives, on a seeded sample of ``--eval_users`` test
 users. The SASRec it sits beside (LLMSRec: its own frozen teacher; LiteLLM4Rec: a SASRec trained
 with ``--sasrec_epochs``) is evaluated on the same users. Writes a JSON row to ``--out``.
@@ -32,6 +34,28 @@ from recbole_llm.registry import get_model  # noqa: E402
 from recbole_llm.utils import atomic_write  # noqa: E402
 
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
+
+
+def write_user_subset(data_path: Path, dataset: str, users: int, seed: int) -> str:
+    """Write ``<dataset>-u<users>``: a seeded sample of the users with all their interactions and items."""
+    import random
+
+    name = f"{dataset}-u{users}"
+    source, target = Path(data_path) / dataset, Path(data_path) / name
+    header, *rows = (source / f"{dataset}.inter").read_text(encoding="utf-8").splitlines()
+    all_users = sorted({row.split("\t")[0] for row in rows})
+    if users > len(all_users):
+        raise ValueError(f"--users {users} exceeds the {len(all_users)} users of {source}")
+    kept_users = set(random.Random(seed).sample(all_users, users))
+    kept = [row for row in rows if row.split("\t")[0] in kept_users]
+    items = {row.split("\t")[1] for row in kept}
+    item_header, *item_rows = (source / f"{dataset}.item").read_text(encoding="utf-8").splitlines()
+    files = {f"{name}.inter": [header] + kept,
+             f"{name}.item": [item_header] + [row for row in item_rows if row.split("\t")[0] in items]}
+    target.mkdir(parents=True, exist_ok=True)
+    for file, lines in files.items():
+        atomic_write(target / file, lambda tmp, lines=lines: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))
+    return name
 
 
 def _peak_rss_mb() -> float:
@@ -81,6 +105,7 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--data_path", default="dataset")
     parser.add_argument("--config_files", nargs="*", default=[])
+    parser.add_argument("--users", type=int, default=0, help="train and test on a seeded sample of this many users (0: all)")
     parser.add_argument("--train_steps", type=int, default=30, help="training batches (0: none)")
     parser.add_argument("--eval_users", type=int, default=300, help="seeded sample of test users")
     parser.add_argument("--uni99", action="store_true", help="also evaluate with 1 positive + 99 sampled negatives")
@@ -91,7 +116,8 @@ def main(argv: List[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    overrides = {"data_path": args.data_path, "dataset": args.dataset, "show_progress": False}
+    dataset_name = write_user_subset(Path(args.data_path), args.dataset, args.users, 2020) if args.users else args.dataset
+    overrides = {"data_path": args.data_path, "dataset": dataset_name, "show_progress": False}
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
@@ -119,7 +145,7 @@ def main(argv: List[str] | None = None) -> None:
 
     full = _user_subset(test_data, args.eval_users, config["seed"])
     row: Dict[str, Any] = {
-        "model": args.model, "dataset": args.dataset, "device": str(config["device"]), "threads": args.threads,
+        "model": args.model, "dataset": dataset_name, "device": str(config["device"]), "threads": args.threads,
         "train_steps": len(step_seconds), "train_batch_size": config["train_batch_size"],
         "train_batches_per_epoch": len(train_data), "build_seconds": round(build_seconds, 1),
         "train_seconds_per_step": round(sum(step_seconds) / max(len(step_seconds), 1), 2),
