@@ -124,6 +124,13 @@ def test_scores_full_ranking_and_sampled_agree_and_item_vectors_are_cached(llmsr
         assert scores.shape == (len(interaction), model.n_items)
         picked = model.predict(interaction)
     assert torch.allclose(picked, scores[torch.arange(len(interaction)), interaction[model.ITEM_ID]], atol=1e-5)
+    users = []
+    run_users = model.lm_user
+    monkeypatch.setattr(model, "lm_user", lambda seq, length: users.append(len(seq)) or run_users(seq, length))
+    with torch.no_grad():
+        repeated = model.predict(interaction.repeat_interleave(3))
+    assert users == [len(interaction)], "each distinct history runs through the LM once"
+    assert torch.allclose(repeated, picked.repeat_interleave(3), atol=1e-5)
     assert sum(calls) == model.n_items - 1, "every item once, then the cache"
     model.train()
     model.eval()

@@ -211,7 +211,10 @@ class LLMSRec(SequentialRecommender):
         return self._item_cache
 
     def predict(self, interaction) -> torch.Tensor:
-        users = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        # Sampled evaluation repeats each history once per candidate: run each distinct one once.
+        histories = torch.cat([interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN].unsqueeze(1)], dim=1)
+        distinct, inverse = torch.unique(histories, dim=0, return_inverse=True)
+        users = self.forward(distinct[:, :-1], distinct[:, -1])[inverse]
         return (users * self.item_table()[interaction[self.ITEM_ID]]).sum(dim=-1)  # [B]
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
