@@ -80,7 +80,10 @@ def test_scores_are_a_full_item_matrix_and_predict_agrees(lite_config):
         scores = model.full_sort_predict(interaction)
         picked = model.predict(interaction)
     assert scores.shape == (len(interaction), model.n_items)
-    assert torch.allclose(picked, scores[torch.arange(len(interaction)), interaction[model.ITEM_ID]])
+    assert torch.allclose(picked, scores[torch.arange(len(interaction)), interaction[model.ITEM_ID]], atol=1e-5)
+    with torch.no_grad():
+        repeated = model.predict(interaction.repeat_interleave(3))
+    assert torch.allclose(repeated, picked.repeat_interleave(3), atol=1e-5)
 
 
 def test_item_vectors_are_the_cached_item_llm_encoding(lite_config, tiny_lm):

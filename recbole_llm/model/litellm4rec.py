@@ -76,8 +76,11 @@ class LiteLLM4Rec(SequentialRecommender):
         return self.loss_fct(scores, interaction[self.POS_ITEM_ID])
 
     def predict(self, interaction) -> torch.Tensor:
-        scores = self.full_sort_predict(interaction)
-        return scores.gather(1, interaction[self.ITEM_ID].unsqueeze(1)).squeeze(1)  # [B]
+        # Sampled evaluation repeats each history once per candidate: run each distinct one once.
+        histories = torch.cat([interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN].unsqueeze(1)], dim=1)
+        distinct, inverse = torch.unique(histories, dim=0, return_inverse=True)
+        hidden = self.forward(distinct[:, :-1], distinct[:, -1])[inverse]
+        return (hidden * self.item_head.weight[interaction[self.ITEM_ID]]).sum(dim=-1) + self.item_head.bias[interaction[self.ITEM_ID]]
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         hidden = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
