@@ -165,3 +165,8 @@ def test_teacher_from_a_sasrec_checkpoint(llmsrec_config):
 def test_a_missing_checkpoint_is_named(llmsrec_config, tmp_path):
     with pytest.raises(FileNotFoundError, match="cf_checkpoint"):
         _build({**llmsrec_config, "cf_checkpoint": str(tmp_path / "none.pth")})
+
+
+def test_unknown_title_field_names_the_key(llmsrec_config):
+    with pytest.raises(ValueError, match="llmsrec_text_fields"):
+        _build({**llmsrec_config, "llmsrec_text_fields": ["no_such_field"]})

@@ -91,7 +91,10 @@ class LLMSRec(SequentialRecommender):
         self.item_head = _head(lm_size, hidden, shared, nn.LeakyReLU())
         self.cf_head = _head(cf_size, shared, shared, nn.GELU())
 
-        titles = assemble_item_texts(dataset, config["llmsrec_text_fields"], config["missing_text"] or "empty")
+        try:
+            titles = assemble_item_texts(dataset, config["llmsrec_text_fields"], config["missing_text"] or "empty")
+        except ValueError as err:
+            raise ValueError(f"llmsrec_text_fields {config['llmsrec_text_fields']!r}: {err}") from err
         self.title_ids = self._tokenize(tokenizer, titles, int(config["llmsrec_title_tokens"]))
         self.pieces = {name: self._tokenize(tokenizer, [text], None)[0] for name, text in (
             ("user_prefix", USER_PREFIX), ("user_suffix", USER_SUFFIX), ("separator", ","),
