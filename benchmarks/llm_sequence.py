@@ -87,13 +87,13 @@ def _sampled_loader(config_files: List[str], overrides: Dict[str, Any], model: s
     return _user_subset(test_data, users, seed)
 
 
-def _sasrec_beside(model_name: str, model, config, dataset, epochs: int):
+def _sasrec_beside(model_name: str, model, config, dataset, epochs: int, hidden_size: int):
     from recbole_llm import teachers
 
     if model_name == "LLMSRec":
         return model.teacher, "its frozen SASRec teacher"
-    teacher, _ = teachers.sasrec_teacher(config, dataset, epochs, int(config["hidden_size"]))
-    return teacher, f"SASRec ({epochs} epochs, hidden {config['hidden_size']})"
+    teacher, _ = teachers.sasrec_teacher(config, dataset, epochs, hidden_size)
+    return teacher, f"SASRec ({epochs} epochs, hidden {hidden_size})"
 
 
 def main(argv: List[str] | None = None) -> None:
@@ -110,6 +110,7 @@ def main(argv: List[str] | None = None) -> None:
     parser.add_argument("--eval_users", type=int, default=300, help="seeded sample of test users")
     parser.add_argument("--uni99", action="store_true", help="also evaluate with 1 positive + 99 sampled negatives")
     parser.add_argument("--sasrec_epochs", type=int, default=10, help="LiteLLM4Rec: epochs of the SASRec beside it")
+    parser.add_argument("--sasrec_hidden", type=int, default=64, help="LiteLLM4Rec: hidden size of the SASRec beside it")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (YAML values)")
     parser.add_argument("--out", type=Path, required=True)
@@ -154,7 +155,8 @@ def main(argv: List[str] | None = None) -> None:
     }
     row["train_seconds_per_epoch_extrapolated"] = round(row["train_seconds_per_step"] * len(train_data), 0)
     row["full"] = _evaluate(trainer, full)
-    sasrec, sasrec_label = _sasrec_beside(args.model, model, config, dataset, args.sasrec_epochs)
+    print("full ranking:", row["full"], flush=True)
+    sasrec, sasrec_label = _sasrec_beside(args.model, model, config, dataset, args.sasrec_epochs, args.sasrec_hidden)
     sasrec_trainer = Trainer(config, sasrec)
     row["sasrec"] = {"label": sasrec_label, "full": _evaluate(sasrec_trainer, full)}
     if args.uni99:
