@@ -170,3 +170,11 @@ def test_a_missing_checkpoint_is_named(llmsrec_config, tmp_path):
 def test_unknown_title_field_names_the_key(llmsrec_config):
     with pytest.raises(ValueError, match="llmsrec_text_fields"):
         _build({**llmsrec_config, "llmsrec_text_fields": ["no_such_field"]})
+
+
+def test_zero_title_tokens_leaves_only_the_slots(llmsrec_config):
+    _, model, _, _ = _build({**llmsrec_config, "llmsrec_title_tokens": 0})
+    ids, slots = model._user_prompt([1, 2, 3])
+    body = ids[len(model.pieces["user_prefix"]):len(ids) - len(model.pieces["user_suffix"]) - 1]
+    assert body == [llmsrec.SLOT] + model.pieces["separator"] + [llmsrec.SLOT] + model.pieces["separator"] + [llmsrec.SLOT]
+    assert [item for item in slots if item] == [1, 2, 3]

@@ -95,6 +95,8 @@ class LLMSRec(SequentialRecommender):
             titles = assemble_item_texts(dataset, config["llmsrec_text_fields"], config["missing_text"] or "empty")
         except ValueError as err:
             raise ValueError(f"llmsrec_text_fields {config['llmsrec_text_fields']!r}: {err}") from err
+        if int(config["llmsrec_title_tokens"]) < 0:
+            raise ValueError(f"llmsrec_title_tokens must be >= 0 (0: prompts without titles), got {config['llmsrec_title_tokens']}")
         self.title_ids = self._tokenize(tokenizer, titles, int(config["llmsrec_title_tokens"]))
         self.pieces = {name: self._tokenize(tokenizer, [text], None)[0] for name, text in (
             ("user_prefix", USER_PREFIX), ("user_suffix", USER_SUFFIX), ("separator", ","),
@@ -119,7 +121,7 @@ class LLMSRec(SequentialRecommender):
     @staticmethod
     def _tokenize(tokenizer, texts: Sequence[str], max_tokens: int | None) -> List[List[int]]:
         ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
-        return [list(row[:max_tokens]) if max_tokens else list(row) for row in ids]
+        return [list(row) if max_tokens is None else list(row[:max_tokens]) for row in ids]
 
     def train(self, mode: bool = True):
         """Training invalidates the cached item vectors of the last evaluation."""
