@@ -141,3 +141,32 @@ def sasrec_teacher(config, dataset, epochs: int, hidden_size: int):
     model.load_state_dict(state["state_dict"])
     model.eval().requires_grad_(False)
     return model, state["item_tokens"]
+
+
+def sasrec_teacher_from_checkpoint(path, dataset):
+    """A frozen SASRec read from a RecBole checkpoint, its item rows re-ordered to ``dataset``'s items.
+
+    The checkpoint pickles its Config (so it must come from a trusted source); its items must
+    cover every item of ``dataset``.
+    """
+    from recbole.model.sequential_recommender import SASRec
+
+    from recbole_llm.registry import create_dataset
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"cf_checkpoint {str(path)!r} does not exist (expected a RecBole SASRec checkpoint)")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    cf_config, state = checkpoint.get("config"), checkpoint.get("state_dict", {})
+    if cf_config is None or cf_config["model"] != "SASRec" or "item_embedding.weight" not in state:
+        raise ValueError(f"cf_checkpoint {str(path)!r} is not a RecBole SASRec checkpoint (config, state_dict)")
+    cf_tokens = [str(token) for token in create_dataset(cf_config).field2id_token[cf_config["ITEM_ID_FIELD"]]]
+    tokens = [str(token) for token in dataset.field2id_token[dataset.iid_field]]
+    weight = state["item_embedding.weight"].float()
+    rows = aligned_rows(weight.numpy(), cf_tokens, tokens[1:], source=f"cf_checkpoint {str(path)!r}")
+    table = torch.cat([weight[:1], torch.from_numpy(rows)])  # the padding row as the checkpoint has it
+    cf_config["device"] = "cpu"
+    model = SASRec(cf_config, dataset)
+    model.load_state_dict({**state, "item_embedding.weight": table})
+    model.eval().requires_grad_(False)
+    return model
