@@ -38,7 +38,13 @@ MODEL_PROFILES: Dict[str, Dict[str, Dict[str, Any]]] = {
                 "rqvae_epochs": 100, "epochs": 20, "eval_step": 2, "stopping_step": 3,
                 "learning_rate": 0.005}
         for model in ("TIGER", "LETTER")
-    } | {"LLMSeqSim": {"epochs": 0}},  # training-free: the table states its evaluation time only
+    } | {
+        "LLMSeqSim": {"epochs": 0},  # training-free: the table states its evaluation time only
+        # the LLM models: small batches that fit SmolLM2-135M activations in CPU memory, one epoch
+        "LLMSRec": {"train_batch_size": 2, "eval_batch_size": 8, "llmsrec_title_tokens": 16,
+                    "llmsrec_item_batch_size": 32, "epochs": 1},
+        "LiteLLM4Rec": {"train_batch_size": 32, "text_fields": ["title"], "text_max_length": 32, "epochs": 1},
+    },
     "default": {},
 }
 
