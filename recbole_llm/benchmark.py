@@ -162,7 +162,7 @@ PAPER_NUMBERS: Dict[str, List[Dict[str, Any]]] = {
         {"model": "VQ-Rec paper (pre-trained on 5 domains)", "recall@10": 0.1211, "ndcg@10": 0.0643,
          "recall@50": 0.2369, "ndcg@50": 0.0897, "split": "UniSRec/VQ-Rec pre-split files (VQ-Rec README)"},
         {"model": "SASRec in the VQ-Rec paper", "ndcg@10": 0.0553,
-         "split": "UniSRec/VQ-Rec pre-split files (VQ-Rec paper, Table 2)"},
+         "split": "UniSRec/VQ-Rec pre-split files (VQ-Rec paper)"},
     ],
 }
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -375,16 +375,36 @@ def relative_to_reference(row: Dict[str, Any], reference_row: Optional[Dict[str,
     return {"mean": mean, "std": std, "seeds": sorted(ratios)}
 
 
+def variant_of(label: str) -> Optional[str]:
+    """``"fine-tuned"`` for ``"SAID (fine-tuned)"``; None for a model's default settings."""
+    return label[label.index(" (") + 2:-1] if label.endswith(")") and " (" in label else None
+
+
+def reference_label(label: str, labels: Iterable[str]) -> str:
+    """The row a label is compared with: SASRec of the same variant when the table has it, else SASRec."""
+    variant = variant_of(label)
+    same_variant = f"{REFERENCE} ({variant})"
+    return same_variant if variant is not None and same_variant in set(labels) else REFERENCE
+
+
+def is_reference(label: str) -> bool:
+    return label == REFERENCE or label.startswith(f"{REFERENCE} (")
+
+
 def annotate(rows: List[Dict[str, Any]], vectors: Dict[Tuple[str, int], Dict[str, np.ndarray]]) -> None:
-    """Add each row's ratio to the reference and its paired test (recomputed from the vectors)."""
-    reference = next((r for r in rows if r["model"] == REFERENCE), None)
+    """Add each row's ratio to its reference and its paired test (recomputed from the vectors)."""
+    by_label = {row["model"]: row for row in rows}
     for row in rows:
-        if row["model"] == REFERENCE:
+        if is_reference(row["model"]):
             row["vs_reference"], row["significance"] = None, None
             continue
+        name = reference_label(row["model"], by_label)
+        reference = by_label.get(name)
         row["vs_reference"] = relative_to_reference(row, reference)
+        if row["vs_reference"] is not None:
+            row["vs_reference"]["reference"] = name
         row["significance"] = None if reference is None else paired_test(
-            vectors, row["model"], row["seeds"], REFERENCE, reference["seeds"])
+            vectors, row["model"], row["seeds"], name, reference["seeds"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,7 +437,7 @@ def markdown_table(rows: List[Dict[str, Any]], dataset: str) -> str:
     for row in rows:
         metrics = " | ".join(_number(row[m], row.get(f"{m}_std"), 4) for m in METRICS)
         ratio = row.get("vs_reference")
-        relative = "1" if row["model"] == REFERENCE else "-" if not ratio else (
+        relative = "1" if is_reference(row["model"]) else "-" if not ratio else (
             _number(ratio["mean"], ratio["std"], 3) + significance_mark(row.get("significance")))
         epochs = _number(row["epochs"], row.get("epochs_std"), 1) if len(row["seeds"]) > 1 else f"{row['epochs']:.0f}"
         lines.append(
@@ -435,15 +455,17 @@ def markdown_table(rows: List[Dict[str, Any]], dataset: str) -> str:
 def table_notes(rows: List[Dict[str, Any]]) -> str:
     """What the marks, the spread and the ratio mean, and the machines the rows ran on."""
     tested = [r["significance"] for r in rows if r.get("significance")]
-    users = sorted({s["users"] for s in tested})
+    users = ", ".join(map(str, sorted({s["users"] for s in tested})))
     devices = sorted({r["versions"]["device"] for r in rows})
     stacks = sorted({", ".join(f"{k} {v}" for k, v in r["versions"].items() if k != "device") for r in rows})
     notes = [
         "Mean ± sample standard deviation over the row's seeds (seeds column: how many; a row of 1 "
-        "seed has no spread). N@10 / SASRec: the NDCG@10 ratio to SASRec on each shared seed, mean ± std.",
-        f"`*` p < 0.05, `**` p < 0.01: {SIGNIFICANCE_TEST} test against SASRec over the test users "
-        f"({', '.join(map(str, users)) or 'none'} users), pairing each user's NDCG@10 averaged over the "
-        "seeds both rows ran; rows without stored per-user results have no test.",
+        "seed has no spread). N@10 / SASRec: the NDCG@10 ratio to SASRec on each shared seed, mean ± std; "
+        "a variant row `Model (label)` is compared with `SASRec (label)` when the table has one.",
+        f"`*` p < 0.05, `**` p < 0.01: {SIGNIFICANCE_TEST} test against SASRec over the "
+        + (f"{users} test users" if users else "test users (no row here has stored per-user results yet)")
+        + ", pairing each user's NDCG@10 averaged over the seeds both rows ran; rows without stored "
+        "per-user results have no test.",
         f"Device: {'; '.join(devices)}. Versions: {'; '.join(stacks)}.",
     ]
     return "\n".join(notes) + "\n"
@@ -461,14 +483,15 @@ def _pyplot():
 def ratio_chart(rows: List[Dict[str, Any]], title: str, file: Path) -> None:
     """Each model's NDCG@10 relative to SASRec (error bars: std over seeds), sorted, line at 1.0."""
     plt = _pyplot()
-    ranked = sorted(((r["model"], r["vs_reference"]) for r in rows if r.get("vs_reference")),
-                    key=lambda item: item[1]["mean"])
-    ranked = [(REFERENCE, {"mean": 1.0, "std": None})] * any(r["model"] == REFERENCE for r in rows) + ranked
+    ranked = [(r["model"] + (" [1 seed]" if len(r["seeds"]) == 1 else ""), r["vs_reference"])
+              for r in rows if r.get("vs_reference")]
+    ranked += [(r["model"], {"mean": 1.0, "std": None}) for r in rows
+               if is_reference(r["model"]) and not r.get("vs_reference")]
     ranked.sort(key=lambda item: item[1]["mean"])
     fig, ax = plt.subplots(figsize=(6.4, 1.2 + 0.38 * max(len(ranked), 1)))
     positions = range(len(ranked))
     ax.barh(list(positions), [v["mean"] for _, v in ranked], xerr=[v["std"] or 0.0 for _, v in ranked],
-            color=["#888888" if m == REFERENCE else "#3b75af" for m, _ in ranked], capsize=3)
+            color=["#888888" if is_reference(m) else "#3b75af" for m, _ in ranked], capsize=3)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks(list(positions))
     ax.set_yticklabels([m for m, _ in ranked])
@@ -489,7 +512,7 @@ def cost_chart(rows: List[Dict[str, Any]], title: str, file: Path) -> None:
             continue
         ax.errorbar(x, y, xerr=row.get("train_seconds_per_epoch_std") or 0.0, yerr=row.get("ndcg@10_std") or 0.0,
                     fmt="o", capsize=3)
-        ax.annotate(row["model"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(row["model"] + (" [1 seed]" if len(row["seeds"]) == 1 else ""), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("training seconds per epoch (log scale)")
     ax.set_ylabel("test NDCG@10")
@@ -499,8 +522,11 @@ def cost_chart(rows: List[Dict[str, Any]], title: str, file: Path) -> None:
     plt.close(fig)
 
 
-def profile_description(profile: str) -> str:
-    """One Markdown line stating the sizes a profile trains with (per model and dataset too)."""
+def profile_description(profile: str, dataset: Optional[str] = None) -> str:
+    """One Markdown line stating the sizes a profile trains with (per model and dataset too).
+
+    With ``dataset``, only that dataset's own additions are listed.
+    """
     def settings(values: Dict[str, Any]) -> str:
         return ", ".join(f"{key}={value}" for key, value in values.items())
 
@@ -511,7 +537,8 @@ def profile_description(profile: str) -> str:
     for model, values in MODEL_PROFILES[profile].items():
         by_settings.setdefault(settings(values), []).append(model)
     parts += [f"{', '.join(models)}: {text}" for text, models in by_settings.items()]
-    parts += [f"{dataset}: {settings(values)}" for dataset, values in DATASET_PROFILES.items()]
+    parts += [f"{name}: {settings(values)}" for name, values in DATASET_PROFILES.items()
+              if dataset in (None, name)]
     return "; ".join(parts) + ". Each row's exact command is in the JSON file."
 
 
@@ -520,14 +547,14 @@ def results_stem(dataset: str, profile: str) -> str:
     return dataset if profile == "cpu" else f"{dataset}-{profile}"
 
 
-def dataset_section(payload: Dict[str, Any], heading: str = "###", image_prefix: str = "") -> str:
+def dataset_section(payload: Dict[str, Any], image_prefix: str = "") -> str:
     """A dataset's Markdown: heading with the profile, commands, profile sizes, table, notes, charts."""
     dataset, profile, rows = payload["dataset"], payload["profile"], payload["rows"]
     stem = results_stem(dataset, profile)
     commands = sorted({row["benchmark_command"] for row in rows if row.get("benchmark_command")})
-    return (f"{heading} {dataset}, profile `{profile}`\n\n"
+    return (f"### {dataset}, profile `{profile}`\n\n"
             + "```bash\n" + "\n".join(commands) + "\n```\n\n"
-            + profile_description(profile) + "\n\n" + markdown_table(rows, dataset) + "\n" + table_notes(rows)
+            + profile_description(profile, dataset) + "\n\n" + markdown_table(rows, dataset) + "\n" + table_notes(rows)
             + f"\n![{dataset}: NDCG@10 relative to SASRec]({image_prefix}{stem}_vs_sasrec.png) "
             f"![{dataset}: NDCG@10 against seconds per epoch]({image_prefix}{stem}_cost.png)\n")
 
@@ -536,8 +563,19 @@ def merge_rows(previous: List[Dict[str, Any]], fresh: List[Dict[str, Any]]) -> L
     """Earlier rows (migrated to the seeds format), with this run's models replacing theirs."""
     labels = {row["model"] for row in fresh}
     kept = [migrate_row(row) for row in previous if row["model"] not in labels]
+    return table_order(kept + fresh)
+
+
+def table_order(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Default-settings rows, then each variant's; in each group the baselines first, then as they came."""
     order = {name: i for i, name in enumerate(BASELINES)}
-    return sorted(kept + fresh, key=lambda r: (order.get(r["model"].split(" (")[0], len(order)), 0))
+
+    def key(row: Dict[str, Any]) -> Tuple[bool, str, int]:
+        variant = variant_of(row["model"])
+        base = row["model"] if variant is None else row["model"][: -len(variant) - 3]
+        return variant is not None, variant or "", order.get(base, len(order))
+
+    return sorted(rows, key=key)
 
 
 def write_outputs(fresh: List[Dict[str, Any]], dataset: str, out: Path, meta: Dict[str, Any],
@@ -580,13 +618,13 @@ def render_dataset(payload: Dict[str, Any], out: Path) -> None:
 
 
 def result_payloads(out: Path) -> List[Dict[str, Any]]:
-    """Every results-table JSON in ``out`` (files with ``rows`` and a ``profile``), in README order."""
+    """Every results-table JSON in ``out`` (as this module writes them), in README order."""
     payloads = []
     for file in sorted(out.glob("*.json")):
         payload = json.loads(file.read_text(encoding="utf-8"))
-        if isinstance(payload, dict) and "rows" in payload and "profile" in payload:
+        if isinstance(payload, dict) and {"rows", "profile", "benchmark_command", "model_overrides"} <= set(payload):
             payload.setdefault("dataset", file.stem.split("-")[0] if payload["profile"] != "cpu" else file.stem)
-            payload["rows"] = [migrate_row(row) for row in payload["rows"]]
+            payload["rows"] = table_order([migrate_row(row) for row in payload["rows"]])
             annotate(payload["rows"], load_per_user(per_user_file(out, file.stem)))
             payloads.append(payload)
     order = {name: i for i, name in enumerate(README_ORDER)}
@@ -597,7 +635,7 @@ def readme_section(out: Path, image_prefix: str) -> str:
     """The generated README text between the results markers."""
     intro = ("Generated from the JSON files in `benchmarks/results/` by "
              "`python -m recbole_llm.benchmark readme`; do not edit by hand.\n")
-    body = "\n".join(dataset_section(p, heading="####", image_prefix=image_prefix) for p in result_payloads(out))
+    body = "\n".join(dataset_section(p, image_prefix=image_prefix) for p in result_payloads(out))
     return f"{README_START}\n{intro}\n{body}{README_END}"
 
 
