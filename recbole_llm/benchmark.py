@@ -463,7 +463,7 @@ def table_notes(rows: List[Dict[str, Any]]) -> str:
         "seed has no spread). N@10 / SASRec: the NDCG@10 ratio to SASRec on each shared seed, mean ± std; "
         "a variant row `Model (label)` is compared with `SASRec (label)` when the table has one.",
         f"`*` p < 0.05, `**` p < 0.01: {SIGNIFICANCE_TEST} test against SASRec over the "
-        + (f"{users} test users" if users else "test users (no row here has stored per-user results yet)")
+        + (f"{users} test users" if users else "test users (no row here is tested yet)")
         + ", pairing each user's NDCG@10 averaged over the seeds both rows ran; rows without stored "
         "per-user results have no test.",
         f"Device: {'; '.join(devices)}. Versions: {'; '.join(stacks)}.",

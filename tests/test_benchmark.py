@@ -19,21 +19,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = ["epochs=1", "hidden_size=8", "inner_size=16", "n_layers=1", "n_heads=1", "embedding_size=8", "state=ERROR"]
 
 
-def write_ml1m_raw(folder: Path, users: int = 14, movies: int = 10) -> None:
-    """A tiny ml-1m release: ``ratings.dat`` and ``movies.dat`` (``::`` separated, latin-1).
+ML1M_USERS, ML1M_MOVIES = 20, 60  # more items than the largest cut-off (50)
 
-    User u rates every movie m with (u + m) % 5 != 0, one per day, so each user rates 8 of the
-    10 movies and every movie keeps more than 5 users: nothing is lost to the 5-core filter.
+
+def write_ml1m_raw(folder: Path, users: int = ML1M_USERS, movies: int = ML1M_MOVIES) -> None:
+    """A small ml-1m release: ``ratings.dat`` and ``movies.dat`` (``::`` separated, latin-1).
+
+    User u rates every movie m with (u + m) % 5 != 0, so each user rates 4 movies in 5 and every
+    movie keeps more than 5 users: nothing is lost to the 5-core filter.
     """
     folder.mkdir(parents=True)
     ratings = [f"{u}::{m}::{1 + (u * m) % 5}::{978300000 + 86400 * (m + u % 3)}"
                for u in range(1, users + 1) for m in range(1, movies + 1) if (u + m) % 5]
     (folder / "ratings.dat").write_text("\n".join(ratings) + "\n", encoding="latin-1")
-    titles = ["Usual Suspects, The (1995)", "Amélie (2001)", "Toy Story (1995)", "Heat (1995)",
-              "Alien (1979)", "Fargo (1996)", "Brazil (1985)", "Clerks (1994)", "Ran (1985)", "Big (1988)"]
-    genres = ["Crime|Thriller", "Comedy|Romance", "Animation|Children's", "Action", "Horror|Sci-Fi",
-              "Crime|Drama", "Sci-Fi", "Comedy", "Drama|War", "Comedy|Fantasy"]
-    movies_lines = [f"{m}::{titles[m - 1]}::{genres[m - 1]}" for m in range(1, movies + 1)]
+    titles = ["Usual Suspects, The (1995)", "Amélie (2001)"] + [f"Movie {m} ({1900 + m})" for m in range(3, movies + 1)]
+    genres = ["Crime|Thriller", "Comedy|Romance", "Animation|Children's", "Action", "Horror|Sci-Fi", "Drama"]
+    movies_lines = [f"{m}::{titles[m - 1]}::{genres[m % len(genres)]}" for m in range(1, movies + 1)]
     (folder / "movies.dat").write_text("\n".join(movies_lines) + "\n", encoding="latin-1")
 
 
@@ -45,7 +46,7 @@ def test_ml1m_prepared_from_raw_files_and_run_over_seeds(tmp_path):
                     "--threads", "1", "--prepare", "--shared_data", str(shared), "--data_root", str(data_root),
                     "--out", str(out), "--set", *TINY, f"checkpoint_dir={tmp_path / 'saved'}"])
     inter = (data_root / "ml-1m" / "ml-1m.inter").read_text(encoding="utf-8").splitlines()
-    assert len(inter) - 1 == sum(1 for u in range(1, 15) for m in range(1, 11) if (u + m) % 5)
+    assert len(inter) - 1 == sum(1 for u in range(1, ML1M_USERS + 1) for m in range(1, ML1M_MOVIES + 1) if (u + m) % 5)
     items = (data_root / "ml-1m" / "ml-1m.item").read_text(encoding="utf-8")
     assert "The Usual Suspects" in items and "Amélie" in items
 
@@ -63,12 +64,12 @@ def test_ml1m_prepared_from_raw_files_and_run_over_seeds(tmp_path):
         for seed_row in row["per_seed"]:
             assert f"--seed={seed_row['seed']}" in seed_row["command"]
             per_user = vectors[(row["model"], seed_row["seed"])]
-            assert len(per_user["users"]) == 14 and len(set(per_user["users"].tolist())) == 14
+            assert len(per_user["users"]) == ML1M_USERS and len(set(per_user["users"].tolist())) == ML1M_USERS
             # RecBole rounds the reported metric to 4 decimals; the vector is its per-user form
             assert per_user["ndcg@10"].mean() == pytest.approx(seed_row["ndcg@10"], abs=5e-5)
         assert "--model=" + row["model"] in row["command"] and row["versions"]["recbole"] == "1.2.1"
     significance = rows["GRU4Rec"]["significance"]
-    assert significance["test"].startswith("Wilcoxon") and significance["users"] == 14
+    assert significance["test"].startswith("Wilcoxon") and significance["users"] == ML1M_USERS
     recomputed = benchmark.paired_test(vectors, "GRU4Rec", [2020, 2021], "SASRec", [2020, 2021])
     assert significance == recomputed
     ratios = [g["ndcg@10"] / s["ndcg@10"] for g, s in zip(rows["GRU4Rec"]["per_seed"], rows["SASRec"]["per_seed"])]
