@@ -10,9 +10,11 @@ import os
 from importlib import resources
 from pathlib import Path
 
+import recbole
 import torch
 import yaml
 from recbole.config import Config as RecBoleConfig
+from recbole.model.abstract_recommender import AbstractRecommender
 
 from recbole_llm import registry
 
@@ -55,16 +57,26 @@ class Config(RecBoleConfig):
         return super()._get_model_and_dataset(model, dataset)
 
     def _load_internal_config_dict(self, model, model_class, dataset):
+        """RecBole's files, then along the model's class hierarchy: RecBole's yaml of each base
+        model (e.g. SASRec.yaml for a SASRec subclass), the plugin's overall.yaml, the plugin's
+        yaml of each base class and of the model, and the plugin's dataset yaml. A subclass's
+        yaml therefore holds only what differs from its base."""
         super()._load_internal_config_dict(model, model_class, dataset)
+        bases = [cls.__name__ for cls in reversed(model_class.__mro__[1:])
+                 if isinstance(cls, type) and issubclass(cls, AbstractRecommender)]
+        recbole_models = Path(recbole.__file__).resolve().parent / "properties" / "model"
         props = properties_dir()
-        dataset_file = props / "dataset" / f"{dataset}.yaml"
-        for file in (props / "overall.yaml", props / "model" / f"{model}.yaml", dataset_file):
+        files = [recbole_models / f"{name}.yaml" for name in bases]
+        files.append(props / "overall.yaml")
+        files += [props / "model" / f"{name}.yaml" for name in bases + [model]]
+        for file in files:
             if file.is_file():
-                loaded = self._update_internal_config_dict(str(file))
-                if file == dataset_file and loaded:
-                    self.parameters["Dataset"] += [
-                        key for key in loaded if key not in self.parameters["Dataset"]
-                    ]
+                self._update_internal_config_dict(str(file))
+        dataset_file = props / "dataset" / f"{dataset}.yaml"
+        if dataset_file.is_file():
+            loaded = self._update_internal_config_dict(str(dataset_file))
+            if loaded:
+                self.parameters["Dataset"] += [key for key in loaded if key not in self.parameters["Dataset"]]
 
     def _init_device(self):
         """RecBole hard-codes the nccl backend; on a CPU-only run use gloo instead."""

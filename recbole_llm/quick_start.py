@@ -13,9 +13,12 @@ import torch
 from recbole.data import data_preparation
 from recbole.utils import get_environment, init_logger, init_seed, set_color
 
+from recbole_llm import stages
 from recbole_llm.config import Config
+from recbole_llm.memory import fit_eval_batch_size
 from recbole_llm.per_user import PerUserRecorder
 from recbole_llm.registry import create_dataset, get_model, get_trainer
+from recbole_llm.trainer.distributed import distributed_trainer
 
 
 def _build(config: Config):
@@ -24,6 +27,7 @@ def _build(config: Config):
     logger = getLogger()
     dataset = create_dataset(config)
     logger.info(dataset)
+    fit_eval_batch_size(config, dataset.item_num)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -60,9 +64,13 @@ class _EpochTimer:
 
 def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[str, Any]:
     start = time.perf_counter()
-    _, (train_data, valid_data, test_data), model = _build(config)
+    with stages.collect_reports() as reports:
+        _, (train_data, valid_data, test_data), model = _build(config)
     setup_seconds = time.perf_counter() - start
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    if not config["single_spec"]:
+        trainer_class = distributed_trainer(trainer_class)
+    trainer = trainer_class(config, model)
     epoch_timer = _EpochTimer(trainer)
     per_user = PerUserRecorder(trainer)
     best_valid_score, best_valid_result = trainer.fit(
@@ -82,7 +90,7 @@ def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[s
         "best_valid_result": best_valid_result,
         "test_result": test_result,
         "saved_model_file": getattr(trainer, "saved_model_file", None) if saved else None,
-        "preparation": model.preparation_report() if hasattr(model, "preparation_report") else {},
+        "preparation": {report["stage"]: report for report in reports},
         "timing": {
             "setup_seconds": round(setup_seconds, 3),
             "epochs": epoch_timer.epochs,
@@ -107,7 +115,7 @@ def run_recbole_llm(
     on its own preparation stages, e.g. tokenizer collisions or SAID's stage 1; empty for others),
     model_fingerprint (a hash of the trained weights), test_per_user (``{"users", "ndcg@10"}``:
     each test user's token and NDCG@10, whose mean is the reported one; None under a protocol
-    without full ranking), timing (setup seconds incl. data and model
+    without full ranking and in a distributed run), timing (setup seconds incl. data and model
     preparation, epochs, train seconds per epoch, test-evaluation seconds). For data-parallel
     training over several processes use :func:`run`.
     """
@@ -186,7 +194,6 @@ def run(
     """
     if nproc == 1 and world_size <= 0:
         return run_recbole_llm(model, dataset, config_file_list, config_dict, saved)
-    _refuse_single_process_models(model, config_dict)
     import torch.multiprocessing as mp
 
     # RecBole's init_logger creates ./log/<model> without exist_ok: create it before the ranks race.
@@ -211,12 +218,3 @@ def run(
         rank, result = queue.get()
         results[rank] = result
     return {**results[0], "rank_results": [results[r] for r in sorted(results)]}
-
-
-def _refuse_single_process_models(model, config_dict) -> None:
-    name = model or (config_dict or {}).get("model")
-    if name is None:
-        return
-    reason = getattr(get_model(name), "single_process_reason", None)
-    if reason:
-        raise ValueError(f"{name} cannot train in several processes: {reason}. Run it with nproc=1.")

@@ -262,23 +262,42 @@ class Stage:
         return value
 
     def run(self, compute: Callable[[], Any], kind: str = "npy", collective: bool = False) -> Any:
-        """Load the artefact, or compute it (``compute() -> value`` or ``(value, report)``) and save it."""
+        """Load the artefact, or compute it (``compute() -> value`` or ``(value, report)``) and save it.
+
+        Under ``torch.distributed`` rank 0 decides: it loads or computes and saves while the
+        other ranks wait at a barrier, then they load its file. With ``collective=True`` every
+        rank runs ``compute`` (which may use collectives) when rank 0 finds no valid file.
+        """
         if kind not in KINDS:
             raise ValueError(f"stage kind must be one of {sorted(KINDS)}, got {kind!r}")
+        if not _distributed():
+            value = self.load(kind)
+            if value is None:
+                value = self._compute_and_save(compute, kind)
+        elif collective:
+            value = self.load(kind) if _rank() == 0 else None
+            missing = [value is None]
+            torch.distributed.broadcast_object_list(missing, src=0)
+            if missing[0]:
+                value = self._compute_and_save(compute, kind)
+            _barrier()
+            if value is None:
+                value = self._load_written(kind)
+        else:
+            if _rank() == 0:
+                value = self.load(kind)
+                if value is None:
+                    value = self._compute_and_save(compute, kind)
+            _barrier()
+            if _rank() != 0:
+                value = self._load_written(kind)
+        _publish(self.report)
+        return value
+
+    def _load_written(self, kind: str) -> Any:
         value = self.load(kind)
         if value is None:
-            if _distributed() and not collective:
-                if _rank() == 0:
-                    value = self._compute_and_save(compute, kind)
-                _barrier()
-                if value is None:
-                    value = self.load(kind)
-                    if value is None:
-                        raise RuntimeError(f"stage {self.name}: rank 0 wrote no valid {self.path(kind)}")
-            else:
-                value = self._compute_and_save(compute, kind)
-                _barrier()
-        _publish(self.report)
+            raise RuntimeError(f"stage {self.name}: rank 0 wrote no valid {self.path(kind)}")
         return value
 
     def _compute_and_save(self, compute: Callable[[], Any], kind: str) -> Any:

@@ -11,45 +11,9 @@ import torch
 from recbole_llm import Config, create_dataset, run_recbole_llm
 from recbole_llm.llm import loader
 from recbole_llm.llm import semantic_embedding as stage1
+from recbole_llm.stages import Checkpoint
 
-TEXTS = [
-    "",
-    "Digital multimeter with test leads. Industrial & Scientific. Fluke.",
-    "Nitrile gloves, powder free, box of 100. Lab supplies.",
-    "Safety goggles with anti fog coating. Lab supplies. 3M.",
-    "Stainless steel tweezers set. Tools. Generic.",
-    "Glass beakers, 250 ml, pack of 6. Lab supplies.",
-    "Toy Story (1995). Animation Children's Comedy.",
-    "GoldenEye (1995). Action Adventure Thriller.",
-    "Four Rooms (1995). Thriller.",
-]
-
-
-def _tokenizer_corpus() -> list:
-    import recbole
-
-    item_file = Path(recbole.__file__).parent / "dataset_example" / "ml-100k" / "ml-100k.item"
-    return TEXTS + item_file.read_text(encoding="utf-8").splitlines()[1:]
-
-
-@pytest.fixture(scope="module")
-def tiny_lm(tmp_path_factory) -> str:
-    """A random 2-layer Llama with a word-level tokenizer, saved as a local HF folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    word_level = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    word_level.train_from_iterator(_tokenizer_corpus(), trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "</s>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=word_level.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=128, initializer_range=0.5, pad_token_id=0, eos_token_id=2, bos_token_id=2)
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return str(folder)
+from conftest import LM_SAMPLE_TEXTS as TEXTS  # noqa: E402  (the tiny LM fixture knows their words)
 
 
 def _settings(tiny_lm: str, **overrides) -> stage1.Stage1Settings:
@@ -62,7 +26,8 @@ def _settings(tiny_lm: str, **overrides) -> stage1.Stage1Settings:
 
 def _train(settings, checkpoint: Path):
     initial = stage1.initial_item_table(settings, torch.zeros(len(TEXTS), 384))
-    return stage1.train_semantic_embeddings(TEXTS, initial, settings, checkpoint, "cpu", show_progress=False)
+    return stage1.train_semantic_embeddings(TEXTS, initial, settings, Checkpoint(checkpoint), "cpu",
+                                            show_progress=False)
 
 
 def test_stage1_lowers_reconstruction_loss(tiny_lm, tmp_path):
@@ -91,11 +56,11 @@ def test_said_trains_frozen_embeddings_stay_fixed_and_cache_is_reused(tiny_confi
     config = _said_config(tiny_config, tiny_lm)
     result = run_recbole_llm(model="SAID", dataset=config["dataset"], config_dict=config, saved=True)
     assert all(math.isfinite(v) for v in result["test_result"].values())
-    report = result["preparation"]["stage1"]
+    report = result["preparation"]["said_stage1"]
     assert report["cached"] is False and report["loss_after"] < report["loss_before"]
-    cached = list((Path(config["cache_dir"]) / config["dataset"] / "said").glob("said_emb_*.npy"))
-    assert len(cached) == 1 and cached[0].with_suffix(".json").is_file()
-    assert not list(cached[0].parent.glob("said_ckpt_*")), "checkpoint left behind"
+    cached = list((Path(config["cache_dir"]) / config["dataset"] / "said").glob("said_stage1_*.npy"))
+    assert len(cached) == 1 and cached[0].with_suffix(".meta.json").is_file()
+    assert not list(cached[0].parent.glob("said_stage1_*.ckpt")), "checkpoint left behind"
     state = torch.load(result["saved_model_file"], map_location="cpu", weights_only=False)["state_dict"]
     np.testing.assert_array_equal(state["semantic_item_embedding.weight"].numpy(), np.load(cached[0]))
 
@@ -105,8 +70,8 @@ def test_said_trains_frozen_embeddings_stay_fixed_and_cache_is_reused(tiny_confi
     monkeypatch.setattr(stage1, "train_semantic_embeddings", no_training)
     again = run_recbole_llm(model="SAID", dataset=config["dataset"], config_dict=config, saved=False)
     assert again["test_result"] == result["test_result"]
-    assert again["preparation"]["stage1"]["cached"] is True
-    assert again["preparation"]["stage1"]["loss_after"] == report["loss_after"]
+    assert again["preparation"]["said_stage1"]["cached"] is True
+    assert again["preparation"]["said_stage1"]["loss_after"] == report["loss_after"]
 
 
 @pytest.mark.parametrize("freeze", [True, False])

@@ -10,6 +10,7 @@ import torch
 from recbole_llm.config import Config
 from recbole_llm.model._generative import PrefixTrie, SemanticIdVocabulary, constrained_beam_search
 from recbole_llm.quantize.rqvae import RQVAEConfig, ResidualQuantizer, diversity_loss
+from recbole_llm.stages import Checkpoint
 from recbole_llm.quantize.semantic_ids import TokenizerTrainer, TokenizerTraining, deduplicate, standardized
 from recbole_llm.quick_start import _build, run_recbole_llm
 
@@ -67,16 +68,21 @@ def test_diversity_loss_positive_comes_from_own_cluster_and_skips_singletons():
     assert only_singletons.item() == 0.0
 
 
+def _training(epochs: int) -> TokenizerTraining:
+    return TokenizerTraining(epochs=epochs, batch_size=16, learning_rate=1e-3, weight_decay=1e-4, div_clusters=2,
+                             save_step=50, log_step=50, seed=2020)
+
+
 def test_tokenizer_resumes_to_the_same_codes(tmp_path):
     torch.manual_seed(0)
     embeddings = torch.randn(60, 12)
     architecture = RQVAEConfig(input_dim=12, hidden_sizes=[16], code_dim=4, n_levels=2, codebook_size=4,
                                div_weight=0.1)
-    straight = TokenizerTrainer(architecture, TokenizerTraining(epochs=4, batch_size=16, div_clusters=2))
+    straight = TokenizerTrainer(architecture, _training(epochs=4))
     expected = straight.fit(embeddings).codes(embeddings)
-    checkpoint = tmp_path / "rqvae.pt"
-    TokenizerTrainer(architecture, TokenizerTraining(epochs=2, batch_size=16, div_clusters=2), checkpoint).fit(embeddings)
-    resumed = TokenizerTrainer(architecture, TokenizerTraining(epochs=4, batch_size=16, div_clusters=2), checkpoint)
+    checkpoint = Checkpoint(tmp_path / "rqvae.pt")
+    TokenizerTrainer(architecture, _training(epochs=2), checkpoint).fit(embeddings)
+    resumed = TokenizerTrainer(architecture, _training(epochs=4), checkpoint)
     codes = resumed.fit(embeddings).codes(embeddings)
     assert resumed.start_epoch == 2
     assert torch.equal(codes, expected)

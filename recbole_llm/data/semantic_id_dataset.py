@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from recbole_llm.data.text_dataset import TextSeqDataset
 from recbole_llm.quantize.semantic_ids import item_semantic_ids
+from recbole_llm.teachers import collaborative_embeddings
+from recbole_llm.utils import cache_dir
 
 
 class SemanticIdDataset(TextSeqDataset):
@@ -17,4 +19,6 @@ class SemanticIdDataset(TextSeqDataset):
 
     def __init__(self, config):
         super().__init__(config)
-        self.item_semantic_ids, self.semantic_id_report = item_semantic_ids(self, config)
+        cf_emb = collaborative_embeddings(config, self) if config["rqvae_cf_weight"] > 0 else None
+        self.item_semantic_ids, self.semantic_id_report = item_semantic_ids(
+            self.item_text_emb, cf_emb, config, cache_dir(config, "semantic_ids"))

@@ -23,6 +23,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from recbole_llm import stages
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_CAUSAL_LM = "SmolLM2-135M-Instruct"
@@ -134,18 +136,11 @@ def load_causal_lm(
 
 
 def llm_identity(name_or_path: str) -> Dict[str, Any]:
-    """What identifies an LM for cache keys, read without loading (or converting) the model.
-
-    The packaged model: its name and GGUF file size. A folder: its resolved path, its
-    ``config.json`` and the name, size and modification time of every file in it.
-    """
+    """What identifies an LM for cache keys, read without loading (or converting) the model:
+    the content of the packaged GGUF file, or of every file in a model folder."""
     if is_packaged_llm(name_or_path):
-        return {"packaged": DEFAULT_CAUSAL_LM, "gguf_bytes": packaged_gguf_file().stat().st_size}
+        return {"packaged": DEFAULT_CAUSAL_LM, "gguf": stages.path_input(packaged_gguf_file())}
     path = resolve_causal_lm(name_or_path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"said_llm folder {str(path)!r} holds no config.json: not a Hugging Face model folder")
-    files = sorted(
-        (entry.name, entry.stat().st_size, entry.stat().st_mtime_ns) for entry in path.iterdir() if entry.is_file()
-    )
-    return {"path": str(path.resolve()), "config": config_file.read_text(encoding="utf-8"), "files": files}
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"LM folder {str(path)!r} holds no config.json: not a Hugging Face model folder")
+    return {"folder": stages.path_input(path)}

@@ -5,14 +5,12 @@ An MLP projector maps it to ``k`` soft tokens in the LM's input space; the LM re
 ``[soft tokens] [prompt] [text tokens]`` and is trained, teacher-forced, to predict the text
 tokens (cross-entropy over the text positions only, ending with EOS). The LM stays frozen: only
 the item embeddings (SparseAdam, so an item moves only when it is in the batch) and the projector
-(AdamW) learn. The result, an array [item_num, d] (row 0 = padding, zeros), is cached under
-:func:`recbole_llm.utils.cache_dir` keyed by the texts, the initial table, the LM and the settings;
-training checkpoints every ``said_save_steps`` batches and resumes from the last checkpoint.
+(AdamW) learn. The result, an array [item_num, d] (row 0 = padding, zeros), is the ``said_stage1``
+stage (:mod:`recbole_llm.stages`) keyed by the texts, the initial table, the LM's content and the
+settings; training checkpoints every ``said_save_steps`` batches and resumes from the last one.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import resource
 import time
@@ -26,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from recbole_llm.llm.loader import DEFAULT_CAUSAL_LM, llm_identity, load_causal_lm
-from recbole_llm.utils import atomic_write, cache_dir, fingerprint, save_array
+from recbole_llm.stages import Checkpoint, Stage
 
 logger = logging.getLogger(__name__)
 
@@ -171,25 +169,6 @@ def evaluate_reconstruction(objective: ReconstructionObjective, item_ids: torch.
     return total / max(count, 1)
 
 
-class _Checkpoint:
-    """Stage-1 training state on disk, written atomically; removed once the table is cached."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def load(self) -> Optional[Dict[str, Any]]:
-        if not self.path.is_file():
-            return None
-        logger.info("resuming SAID stage 1 from %s", self.path)
-        return torch.load(self.path, map_location="cpu", weights_only=False)
-
-    def save(self, state: Dict[str, Any]) -> None:
-        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
 def _peak_memory_mb(device: torch.device) -> Dict[str, float]:
     peak = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     if device.type == "cuda":
@@ -201,7 +180,7 @@ def train_semantic_embeddings(
     texts: Sequence[str],
     initial_table: torch.Tensor,
     settings: Stage1Settings,
-    checkpoint_file: Path,
+    checkpoint: Checkpoint,
     device: torch.device,
     llm_cache_dir: Optional[str] = None,
     show_progress: bool = True,
@@ -226,7 +205,6 @@ def train_semantic_embeddings(
     ]
     items = torch.arange(1, len(texts), device=device)
     eval_ids = items[torch.randperm(len(items), generator=torch.Generator().manual_seed(settings.seed))[: settings.eval_items].to(device)]
-    checkpoint = _Checkpoint(checkpoint_file)
     state = checkpoint.load()
     if state is None:
         state = {"epoch": 0, "step": 0, "seconds": 0.0, "losses": [],
@@ -303,41 +281,23 @@ def initial_item_table(settings: Stage1Settings, text_embeddings: torch.Tensor) 
     return table
 
 
-def semantic_item_embeddings(config, dataset) -> Tuple[torch.Tensor, Dict[str, Any]]:
+def semantic_item_embeddings(config, dataset, cache_folder: Path) -> Tuple[torch.Tensor, Dict[str, Any]]:
     """SAID's stage-1 item table [item_num, d] for a TextSeqDataset (read from cache, else learned)
-    and its training statistics (reconstruction loss before/after, seconds, peak memory).
-
-    The statistics are stored as a ``.json`` file beside the cached ``.npy`` table and read back on
-    a cache hit (``cached: True``).
-    """
+    and its training statistics (reconstruction loss before/after, seconds, peak memory, settings;
+    ``cached`` tells which)."""
     settings = Stage1Settings.from_config(config)
     texts = list(dataset.item_texts)
     initial = initial_item_table(settings, dataset.item_text_emb)
-    key = _cache_key(texts, initial, settings)
-    folder = cache_dir(config, "said")
-    table_file = folder / f"said_emb_{key}.npy"
-    stats_file = table_file.with_suffix(".json")
-    if table_file.is_file():
-        logger.info("SAID stage 1 skipped: item embeddings read from %s", table_file)
-        stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.is_file() else {}
-        return torch.from_numpy(np.load(table_file)), {**stats, "cached": True}
-    device = torch.device(config["device"])
-    cuda_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):  # a cache hit and a miss leave the same RNG state
+    stage = Stage("said_stage1", cache_folder, {
+        "texts": texts, "initial_table": initial, "llm": llm_identity(settings.llm), "settings": settings.cache_parts()})
+
+    def compute():
         table, stats = train_semantic_embeddings(
-            texts, initial, settings, folder / f"said_ckpt_{key}.pt", device,
+            texts, initial, settings, stage.checkpoint, torch.device(config["device"]),
             llm_cache_dir=config["said_llm_cache_dir"], show_progress=bool(config["show_progress"]),
         )
-    save_array(table_file, table)
-    stats_text = json.dumps({**stats, "settings": asdict(settings)}, indent=2)
-    atomic_write(stats_file, lambda tmp: Path(tmp).write_text(stats_text, encoding="utf-8"))
-    _Checkpoint(folder / f"said_ckpt_{key}.pt").remove()
-    logger.info("SAID stage 1: reconstruction loss %.4f -> %.4f; table cached at %s",
-                stats["loss_before"], stats["loss_after"], table_file)
-    return torch.from_numpy(table), {**stats, "settings": asdict(settings), "cached": False}
+        logger.info("SAID stage 1: reconstruction loss %.4f -> %.4f", stats["loss_before"], stats["loss_after"])
+        return table, {**stats, "settings": asdict(settings)}
 
-
-def _cache_key(texts: Sequence[str], initial: torch.Tensor, settings: Stage1Settings) -> str:
-    table_digest = hashlib.sha256(initial.numpy().tobytes()).hexdigest()
-    return fingerprint(list(texts), table_digest, llm_identity(settings.llm), settings.cache_parts())
-
+    table = stage.run(compute)
+    return torch.from_numpy(table), dict(stage.report)

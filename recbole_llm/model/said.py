@@ -22,12 +22,11 @@ from torch import nn
 from recbole_llm.model._layers import transformer_encoder
 from recbole_llm.data import TextSeqDataset
 from recbole_llm.llm.semantic_embedding import semantic_item_embeddings
+from recbole_llm.utils import cache_dir
 
 
 class SAID(SequentialRecommender):
     """SASRec-style recommender over the stage-1 semantic item embeddings."""
-
-    single_process_reason = "stage 1 (semantic embedding learning) trains in one process"
 
     dataset_class = TextSeqDataset
 
@@ -41,7 +40,7 @@ class SAID(SequentialRecommender):
         self.trm_encoder = transformer_encoder(config, self.hidden_size)
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=config["layer_norm_eps"])
         self.dropout = nn.Dropout(config["hidden_dropout_prob"])
-        semantic_table, self.stage1_report = semantic_item_embeddings(config, dataset)
+        semantic_table, _ = semantic_item_embeddings(config, dataset, cache_dir(config, "said"))
         self.adapter = nn.Linear(semantic_table.shape[1], self.hidden_size)
         self.loss_fct = nn.CrossEntropyLoss()
         self.apply(self._init_weights)
@@ -57,10 +56,6 @@ class SAID(SequentialRecommender):
             module.weight.data.fill_(1.0)
         if isinstance(module, nn.Linear) and module.bias is not None:
             module.bias.data.zero_()
-
-    def preparation_report(self) -> dict:
-        """Stage 1's statistics: reconstruction loss before/after, seconds, peak memory, settings."""
-        return {"stage1": self.stage1_report}
 
     def item_representations(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Adapted semantic embeddings of ``item_ids`` (all items when None): [..., hidden_size]."""

@@ -42,14 +42,11 @@ SCORING_MODES = ("beam", "exact")
 class TIGER(SequentialRecommender):
     """Semantic-id generative recommender (RecBole sequential model)."""
 
-    single_process_reason = "its RQ-VAE tokenizer trains in one process and beam-search evaluation is not sharded"
-
     dataset_class = SemanticIdDataset
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         codes = dataset.item_semantic_ids
-        self.semantic_id_report = dataset.semantic_id_report
         level_sizes = [config["rqvae_codebook_size"]] * config["rqvae_levels"]
         level_sizes.append(int(codes[1:, -1].max()) + 1)
         self.vocabulary = SemanticIdVocabulary(tuple(level_sizes))
@@ -68,10 +65,6 @@ class TIGER(SequentialRecommender):
         self.history_items = self.max_seq_length if history_items is None else int(history_items)
         if self.history_items < 1:
             raise ValueError(f"history_items must be a positive integer or ~, got {history_items!r}")
-
-    def preparation_report(self) -> dict:
-        """The tokenizer's report: collision rate before de-duplication, sizes."""
-        return {"semantic_ids": self.semantic_id_report}
 
     def _t5_config(self, config) -> T5Config:
         return T5Config(

@@ -28,27 +28,24 @@ only look back in time; the temperatures are learned in log space so they stay p
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
-from recbole.trainer import Trainer
 from torch import nn
 
 from recbole_llm.data.search_dataset import (
-    CANDIDATES,
     HISTORY_ITEM,
     HISTORY_KIND,
     HISTORY_SESSION,
-    POSITIVE_INDEX,
     REC,
     SEARCH,
     TARGET_KIND,
     TARGET_SESSION,
     SearchRecDataset,
 )
+from recbole_llm.trainer.unisar import UniSARTrainer
 
 REC_TASK, SEARCH_TASK = 0, 1
 
@@ -197,40 +194,8 @@ class BilinearInfoNCE(nn.Module):
         return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
-class UniSARTrainer(Trainer):
-    """RecBole's Trainer ranking each valid/test row's fixed candidates (``uni99``).
-
-    ``evaluate`` reports the recommendation targets under RecBole's metric names (``hit@10``,
-    ``ndcg@10``...; ``valid_metric`` selects among them) and the search targets with a
-    ``search_`` prefix. The eval loaders must be RecBole's plain row loaders (``eval_args.mode:
-    full``); the candidates come with the rows.
-    """
-
-    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        if not eval_data:
-            return None
-        kinds = eval_data._dataset.inter_feat[TARGET_KIND]
-        result = OrderedDict()
-        for kind, prefix in ((REC, ""), (SEARCH, "search_")):
-            if not bool((kinds == kind).any()):
-                continue
-            self._eval_kind = kind
-            part = super().evaluate(eval_data, load_best_model and not result, model_file, show_progress)
-            result.update((prefix + key, value) for key, value in part.items())
-        return result
-
-    def _full_sort_batch_eval(self, batched_data):
-        interaction = batched_data[0]
-        interaction = interaction[interaction[TARGET_KIND] == self._eval_kind].to(self.device)
-        scores = self.model.score_candidates(interaction, interaction[CANDIDATES])
-        positive_u = torch.arange(len(interaction), device=self.device)
-        return interaction, scores, positive_u, interaction[POSITIVE_INDEX]
-
-
 class UniSAR(SequentialRecommender):
     """UniSAR on RecBole: see the module docstring; ``properties/model/UniSAR.yaml`` for the keys."""
-
-    single_process_reason = "its sampled-candidate evaluation is not sharded across processes"
 
     dataset_class = SearchRecDataset
     trainer_class = UniSARTrainer

@@ -8,16 +8,12 @@ encodes every row, so items never seen in training still get codes.
 """
 from __future__ import annotations
 
-import hashlib
-import logging
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from recbole_llm.utils import fingerprint, save_array
-
-logger = logging.getLogger(__name__)
+from recbole_llm.stages import Stage
 
 
 def _bits_per_code(code_cap: int) -> int:
@@ -97,25 +93,18 @@ def cached_item_codes(
     threads: int = 1,
     opq_iter: int = 50,
 ) -> np.ndarray:
-    """:func:`fit_item_codes`, computed once and then read from ``cache_folder``.
+    """:func:`fit_item_codes` as a cached stage (``pq_codes`` under ``cache_folder``).
 
-    The file name hashes the embeddings, the fitting rows and every setting; it is written
-    atomically, so concurrent runs never read a half-written file.
+    The key covers the embeddings, the fitting rows and every setting (see :mod:`recbole_llm.stages`).
     """
     vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
     fit_rows = np.asarray(sorted(set(int(r) for r in fit_rows)), dtype=np.int64)
-    key = fingerprint(
-        hashlib.sha256(vectors.tobytes()).hexdigest(),
-        list(vectors.shape),
-        hashlib.sha256(fit_rows.tobytes()).hexdigest(),
-        {"method": "OPQ,IVF1,PQ", "code_dim": code_dim, "code_cap": code_cap, "seed": seed, "threads": threads,
-         "opq_iter": opq_iter},
-    )
-    cache_file = Path(cache_folder) / f"pq_codes_{key}.npy"
-    if cache_file.is_file():
-        logger.info("item codes read from cache %s", cache_file)
-        return np.load(cache_file)
-    codes = fit_item_codes(vectors, fit_rows, code_dim, code_cap, seed, threads, opq_iter)
-    save_array(cache_file, codes)
-    logger.info("item codes (%d items, fitted on %d) cached at %s", len(codes), len(fit_rows), cache_file)
-    return codes
+    settings = {"method": "OPQ,IVF1,PQ", "code_dim": code_dim, "code_cap": code_cap, "seed": seed,
+                "threads": threads, "opq_iter": opq_iter}
+    stage = Stage("pq_codes", cache_folder, {"embeddings": vectors, "fit_rows": fit_rows, "settings": settings})
+
+    def compute():
+        codes = fit_item_codes(vectors, fit_rows, code_dim, code_cap, seed, threads, opq_iter)
+        return codes, {"n_items": int(len(codes)), "fit_items": int(len(fit_rows)), **settings}
+
+    return stage.run(compute)

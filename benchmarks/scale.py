@@ -1,0 +1,185 @@
+"""Large-catalogue scaling: a synthetic Amazon-2023-format catalogue, converted and trained.
+
+Builds ``--items`` products with generated titles/categories/brands and ``--users`` users with
+``--per_user`` chronological reviews each (raw ``<Category>.jsonl`` + ``meta_<Category>.jsonl``,
+the files the ``amazon2023`` converter reads), converts them, then runs each model for one epoch
+at 1 and 2 processes on a subset of ``--run_users`` users while keeping the whole catalogue (the
+item file lists every item, so RecBole's item count, and the [B, n_items] scoring cost, is the
+full one). Per run: seconds per epoch, evaluation seconds, peak RSS of the largest process,
+and the same two times scaled linearly to every user. A run that fails is recorded with its
+error: that is what fails first as the catalogue grows.
+
+Usage: python benchmarks/scale.py [--items 100000] [--users 200000] [--run_users 20000]
+           [--models SASRec VQRec TIGER SAID] [--nproc 1 2] [--out benchmarks/results/scale]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WORDS = {
+    "adjective": "compact durable premium portable heavy light digital classic wireless ergonomic".split(),
+    "noun": "stapler notebook printer marker binder desk lamp chair cable scanner folder pen".split(),
+    "material": "steel plastic bamboo leather aluminum glass paper".split(),
+    "category": "Office Electronics Furniture Paper Writing Storage Lighting Tools".split(),
+    "brand": "Acme Northwind Contoso Globex Initech Umbrella Hooli Vandelay".split(),
+}
+# Sizes for a CPU run at this scale (one epoch; TIGER/SAID preparation capped, see SMALL_STAGES).
+SIZES = {"hidden_size": 64, "inner_size": 128, "n_layers": 2, "n_heads": 2, "MAX_ITEM_LIST_LENGTH": 20,
+         "train_batch_size": 1024, "eval_batch_size": 1024, "epochs": 1, "stopping_step": 1, "show_progress": False}
+SMALL_STAGES = {
+    "VQRec": {"code_dim": 32, "code_cap": 256},
+    "TIGER": {"rqvae_epochs": 5, "rqvae_hidden_sizes": [256, 64], "d_model": 64, "d_kv": 16, "d_ff": 256,
+              "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4, "train_batch_size": 256,
+              "eval_batch_size": 256, "beam_size": 50},
+    "SAID": {"said_epochs": 1, "said_max_text_tokens": 16, "said_batch_size": 64},
+}
+
+
+def write_raw(folder: Path, items: int, users: int, per_user: int, seed: int) -> None:
+    """Raw Amazon-2023 review and meta files; every item and user has >= 5 reviews (5-core holds)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "meta_Synthetic.jsonl", "w", encoding="utf-8") as meta:
+        for item in range(items):
+            words = {key: rng.choice(values) for key, values in WORDS.items()}
+            meta.write(json.dumps({
+                "parent_asin": f"P{item:07d}",
+                "title": f"{words['adjective'].title()} {words['material']} {words['noun']} {item % 997}",
+                "categories": ["Office Products", words["category"]], "store": words["brand"],
+                "features": [], "description": [],
+            }) + "\n")
+    popularity = [1.0 / (rank + 10) for rank in range(items)]
+    with open(folder / "Synthetic.jsonl", "w", encoding="utf-8") as reviews:
+        for user in range(users):
+            start = 1_600_000_000_000 + user * 1000
+            chosen = {user % items, (user + users) % items}  # every item gets reviews from several users
+            chosen.update(rng.choices(range(items), weights=popularity, k=per_user))
+            for step, item in enumerate(sorted(chosen, key=lambda _: rng.random())[:per_user]):
+                reviews.write(json.dumps({"user_id": f"U{user:07d}", "parent_asin": f"P{item:07d}", "asin": f"P{item:07d}",
+                                          "rating": 5.0, "timestamp": start + step * 86_400_000}) + "\n")
+
+
+def user_subset(dataset: Path, run_users: int, out: Path) -> None:
+    """A copy of the converted dataset with the first ``run_users`` users and every item."""
+    out.mkdir(parents=True, exist_ok=True)
+    name, subset = dataset.name, out.name
+    lines = (dataset / f"{name}.inter").read_text(encoding="utf-8").splitlines()
+    users = []
+    kept = [lines[0]]
+    for line in lines[1:]:
+        user = line.split("\t", 1)[0]
+        if user not in users[-1:]:
+            users.append(user)
+        if len(users) <= run_users:
+            kept.append(line)
+    (out / f"{subset}.inter").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    (out / f"{subset}.item").write_text((dataset / f"{name}.item").read_text(encoding="utf-8"), encoding="utf-8")
+    config = (dataset / f"{name}.yaml").read_text(encoding="utf-8").replace(str(dataset.parent), str(out.parent))
+    (out / f"{subset}.yaml").write_text(config, encoding="utf-8")
+
+
+def worker(model: str, dataset: str, data_path: str, config_file: str, nproc: int, overrides: dict) -> None:
+    """One run in this process (and its ranks); prints one JSON line."""
+    sys.path.insert(0, str(REPO))
+    from recbole_llm.quick_start import run
+
+    start = time.perf_counter()
+    result = run(model=model, dataset=dataset, config_file_list=[config_file],
+                 config_dict={"data_path": data_path, **overrides}, saved=False, nproc=nproc,
+                 ip="127.0.0.1", port=str(29500 + os.getpid() % 1000))
+    peak_kb = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    print("RESULT " + json.dumps({"timing": result["timing"], "test_result": dict(result["test_result"]),
+                                  "wall_seconds": round(time.perf_counter() - start, 1),
+                                  "peak_rss_mb": round(peak_kb / 1024, 1)}))
+
+
+def measure(args, model: str, nproc: int, subset: Path, config_file: Path) -> dict:
+    overrides = {**SIZES, **SMALL_STAGES.get(model, {})}
+    command = [sys.executable, __file__, "worker", "--model", model, "--dataset", subset.name,
+               "--data_path", str(subset.parent), "--config_file", str(config_file), "--nproc_run", str(nproc),
+               "--overrides", json.dumps(overrides)]
+    process = subprocess.run(command, capture_output=True, text=True, cwd=str(REPO))
+    row = {"model": model, "nproc": nproc, "overrides": overrides}
+    lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
+    if process.returncode or not lines:
+        row["error"] = (process.stderr.strip().splitlines() or ["exit %d" % process.returncode])[-1]
+        return row
+    result = json.loads(lines[-1][len("RESULT "):])
+    row.update(result)
+    return row
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", default="run", choices=["run", "worker"])
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=200_000)
+    parser.add_argument("--per_user", type=int, default=8)
+    parser.add_argument("--run_users", type=int, default=20_000)
+    parser.add_argument("--models", nargs="+", default=["SASRec", "VQRec", "TIGER", "SAID"])
+    parser.add_argument("--nproc", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--work", default="dataset/scale")
+    parser.add_argument("--out", default="benchmarks/results/scale")
+    parser.add_argument("--seed", type=int, default=2020)
+    # worker arguments
+    parser.add_argument("--model"), parser.add_argument("--dataset"), parser.add_argument("--data_path")
+    parser.add_argument("--config_file"), parser.add_argument("--nproc_run", type=int, default=1)
+    parser.add_argument("--overrides", default="{}")
+    args = parser.parse_args(argv)
+    if args.mode == "worker":
+        worker(args.model, args.dataset, args.data_path, args.config_file, args.nproc_run, json.loads(args.overrides))
+        return
+    work = Path(args.work).resolve()
+    raw, converted = work / "raw", work / f"Synthetic{args.items}"
+    started = time.perf_counter()
+    if not (converted / f"{converted.name}.inter").is_file():
+        write_raw(raw, args.items, args.users, args.per_user, args.seed)
+        subprocess.run([sys.executable, "-m", "recbole_llm.convert", "amazon2023", "--input", str(raw),
+                        "--output", str(converted), "--overwrite"], check=True, cwd=str(REPO))
+    prepare_seconds = time.perf_counter() - started
+    subset = work / f"{converted.name}u{args.run_users}"
+    user_subset(converted, args.run_users, subset)
+    rows = []
+    for model in args.models:
+        for nproc in args.nproc:
+            row = measure(args, model, nproc, subset, subset / f"{subset.name}.yaml")
+            scale = args.users / args.run_users
+            if "timing" in row:
+                row["train_seconds_per_epoch_all_users"] = round(row["timing"]["train_seconds_per_epoch"] * scale, 1)
+                row["test_eval_seconds_all_users"] = round(row["timing"]["test_eval_seconds"] * scale, 1)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    report = {"items": args.items, "users": args.users, "run_users": args.run_users, "per_user": args.per_user,
+              "prepare_seconds": round(prepare_seconds, 1), "rows": rows,
+              "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Synthetic catalogue: {report['items']:,} items, {report['users']:,} users; runs on the first "
+             f"{report['run_users']:,} users with every item; times scaled linearly to all users.", "",
+             "| model | processes | train s/epoch (run) | train s/epoch (all users) | eval s (run) | eval s (all users) | peak RSS MB | error |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        timing = row.get("timing", {})
+        lines.append(f"| {row['model']} | {row['nproc']} | {timing.get('train_seconds_per_epoch', '')} | "
+                     f"{row.get('train_seconds_per_epoch_all_users', '')} | {timing.get('test_eval_seconds', '')} | "
+                     f"{row.get('test_eval_seconds_all_users', '')} | {row.get('peak_rss_mb', '')} | {row.get('error', '')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
