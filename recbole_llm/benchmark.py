@@ -623,7 +623,8 @@ def result_payloads(out: Path) -> List[Dict[str, Any]]:
     for file in sorted(out.glob("*.json")):
         payload = json.loads(file.read_text(encoding="utf-8"))
         if isinstance(payload, dict) and {"rows", "profile", "benchmark_command", "model_overrides"} <= set(payload):
-            payload.setdefault("dataset", file.stem.split("-")[0] if payload["profile"] != "cpu" else file.stem)
+            suffix = "" if payload["profile"] == "cpu" else f"-{payload['profile']}"
+            payload.setdefault("dataset", file.stem[: len(file.stem) - len(suffix)])
             payload["rows"] = table_order([migrate_row(row) for row in payload["rows"]])
             annotate(payload["rows"], load_per_user(per_user_file(out, file.stem)))
             payloads.append(payload)
@@ -723,6 +724,9 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     seeds = seed_list(args.seeds, args.seed, args.seed_list)
     models = args.models or default_models()
+    if args.models is None:
+        for name, reason in NOT_APPLICABLE.items():
+            print(f"not running {name}: it {reason}", flush=True)
     user_overrides: Dict[str, Any] = {"show_progress": False}
     for item in args.set:
         key, _, value = item.partition("=")

@@ -115,12 +115,22 @@ def test_terminated_table_run_takes_its_job_down(tmp_path):
          "--set", "epochs=100", f"checkpoint_dir={tmp_path / 'saved'}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    children_file = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    tasks = Path(f"/proc/{parent.pid}/task")  # jobs start from worker threads: read every thread's children
+
+    def children_of_parent() -> list:
+        found = []
+        for task in (tasks.iterdir() if tasks.exists() else []):
+            try:
+                found += (task / "children").read_text().split()
+            except OSError:  # the thread ended meanwhile
+                pass
+        return found
+
     deadline = time.time() + 120
     children: list = []
     while not children and time.time() < deadline and parent.poll() is None:
         time.sleep(0.2)
-        children = children_file.read_text().split() if children_file.exists() else []
+        children = children_of_parent()
     assert children, "the table run never started its job"
     parent.terminate()
     assert parent.wait(timeout=60) != 0
