@@ -201,6 +201,7 @@ def run_one(model: str, dataset: str, config_files: List[str], overrides: Dict[s
         **result["timing"],
         "wall_seconds": round(wall, 1),
         "cpu_threads": torch.get_num_threads(),
+        "load_average": round(os.getloadavg()[0], 2),  # the machine's 1-minute load when the job ended
         "preparation": result.get("preparation", {}),
         "peak_ram_mb": round(peak_rss_mb, 1),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if gpu else None,
