@@ -484,19 +484,22 @@ def _pyplot():
 def ratio_chart(rows: List[Dict[str, Any]], title: str, file: Path) -> None:
     """Each model's NDCG@10 relative to SASRec (error bars: std over seeds), sorted, line at 1.0."""
     plt = _pyplot()
-    ranked = [(r["model"] + (" [1 seed]" if len(r["seeds"]) == 1 else ""), r["vs_reference"])
-              for r in rows if r.get("vs_reference")]
-    ranked += [(r["model"], {"mean": 1.0, "std": None}) for r in rows
-               if is_reference(r["model"]) and not r.get("vs_reference")]
+
+    def label(row: Dict[str, Any]) -> str:
+        mark = significance_mark(row.get("significance"))
+        return row["model"] + (" [1 seed]" if len(row["seeds"]) == 1 else "") + (f" {mark}" if mark else "")
+
+    ranked = [(label(r), r["vs_reference"], False) for r in rows if r.get("vs_reference")]
+    ranked += [(label(r), {"mean": 1.0, "std": None}, True) for r in rows if is_reference(r["model"])]
     ranked.sort(key=lambda item: item[1]["mean"])
     fig, ax = plt.subplots(figsize=(6.4, 1.2 + 0.38 * max(len(ranked), 1)))
     positions = range(len(ranked))
-    ax.barh(list(positions), [v["mean"] for _, v in ranked], xerr=[v["std"] or 0.0 for _, v in ranked],
-            color=["#888888" if is_reference(m) else "#3b75af" for m, _ in ranked], capsize=3)
+    ax.barh(list(positions), [v["mean"] for _, v, _ in ranked], xerr=[v["std"] or 0.0 for _, v, _ in ranked],
+            color=["#888888" if reference else "#3b75af" for _, _, reference in ranked], capsize=3)
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_yticks(list(positions))
-    ax.set_yticklabels([m for m, _ in ranked])
-    ax.set_xlabel("NDCG@10 / SASRec's (same seeds)")
+    ax.set_yticklabels([name for name, _, _ in ranked])
+    ax.set_xlabel("NDCG@10 / SASRec's on the same seeds (* p<0.05, ** p<0.01, Wilcoxon)")
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(file, dpi=120, format="png")
