@@ -518,6 +518,11 @@ def cost_chart(rows: List[Dict[str, Any]], title: str, file: Path) -> None:
                     fmt="o", capsize=3)
         ax.annotate(row["model"] + (" [1 seed]" if len(row["seeds"]) == 1 else ""), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training seconds per epoch (log scale)")
     ax.set_ylabel("test NDCG@10")
     ax.set_title(title, fontsize=10)
