@@ -221,8 +221,11 @@ _RUNNING: set = set()  # job processes still running, killed when the table run 
 
 
 def run_in_subprocess(model: str, dataset: str, config_files: List[str], overrides: Dict[str, Any],
-                      log_file: Path, threads: Optional[int] = None) -> Optional[Dict[str, Any]]:
-    """Run one job in a fresh interpreter; ``threads`` caps its CPU threads (None: torch's default)."""
+                      log_file: Path, threads: Optional[int] = None, per_user: bool = False) -> Optional[Dict[str, Any]]:
+    """Run one job in a fresh interpreter; ``threads`` caps its CPU threads (None: torch's default).
+
+    The row keeps the per-user test vectors (``test_per_user``) only when ``per_user`` is set.
+    """
     spec = json.dumps({"model": model, "dataset": dataset, "config_files": config_files, "overrides": overrides})
     package_parent = str(Path(__file__).resolve().parent.parent)  # the worker imports this same copy
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
@@ -241,7 +244,10 @@ def run_in_subprocess(model: str, dataset: str, config_files: List[str], overrid
                 proc.wait()
     for line in stdout.splitlines():
         if line.startswith("BENCHMARK_ROW "):
-            return json.loads(line[len("BENCHMARK_ROW "):])
+            row = json.loads(line[len("BENCHMARK_ROW "):])
+            if not per_user:
+                row.pop("test_per_user", None)
+            return row
     print(f"  failed (exit {proc.returncode}); see {log_file}", flush=True)
     return None
 
@@ -767,7 +773,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         log_file = logs / f"{dataset}-{label}-seed{seed}.log".replace(" ", "_")
         print(f"[{number}/{len(jobs)}] {label} on {dataset}, seed {seed} ...", flush=True)
         return pool.submit(run_in_subprocess, model, dataset, dataset_config_files(dataset, data_root),
-                           overrides, log_file, args.threads), (dataset, label, seed)
+                           overrides, log_file, args.threads, True), (dataset, label, seed)
 
     pool = ThreadPoolExecutor(max_workers=max(args.jobs, 1))
     try:
