@@ -20,6 +20,7 @@ from recbole_llm import stages  # noqa: E402
 from recbole_llm.config import Config  # noqa: E402
 from recbole_llm.errors import MissingFileError, UserError  # noqa: E402
 from recbole_llm.memory import fit_eval_batch_size  # noqa: E402
+from recbole_llm.per_user import PerUserRecorder  # noqa: E402
 from recbole_llm.registry import create_dataset, get_model, get_trainer  # noqa: E402
 from recbole_llm.trainer.distributed import distributed_trainer  # noqa: E402
 from recbole_llm.utils import unique_run_file  # noqa: E402
@@ -104,6 +105,7 @@ def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[s
     trainer = trainer_class(config, model)
     trainer.saved_model_file = _run_checkpoint_file(config, trainer.checkpoint_dir)
     epoch_timer = _EpochTimer(trainer)
+    per_user = PerUserRecorder(trainer)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, verbose=verbose, saved=saved, show_progress=config["show_progress"]
     )
@@ -112,6 +114,7 @@ def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[s
         test_data, load_best_model=saved, show_progress=config["show_progress"]
     )
     test_seconds = time.perf_counter() - start
+    test_per_user = per_user.ndcg(test_data._dataset, k=10)
     return {
         "model": config["model"],
         "model_fingerprint": model_fingerprint(model),
@@ -127,6 +130,7 @@ def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[s
             "train_seconds_per_epoch": round(epoch_timer.seconds / max(epoch_timer.epochs, 1), 3),
             "test_eval_seconds": round(test_seconds, 3),
         },
+        "test_per_user": test_per_user,
     }
 
 
@@ -148,7 +152,9 @@ def run_recbole_llm(
     Keys: model, best_valid_score, valid_score_bigger, best_valid_result, test_result,
     saved_model_file (the best checkpoint when ``saved``), preparation (a plugin model's report
     on its own preparation stages, e.g. tokenizer collisions or SAID's stage 1; empty for others),
-    model_fingerprint (a hash of the trained weights), timing (setup seconds incl. data and model
+    model_fingerprint (a hash of the trained weights), test_per_user (``{"users", "ndcg@10"}``:
+    each test user's token and NDCG@10, whose mean is the reported one; None under a protocol
+    without full ranking and in a distributed run), timing (setup seconds incl. data and model
     preparation, epochs, train seconds per epoch, test-evaluation seconds). For data-parallel
     training over several processes use :func:`run`.
     """
