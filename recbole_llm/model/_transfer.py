@@ -17,19 +17,6 @@ logger = logging.getLogger(__name__)
 StateDict = Dict[str, torch.Tensor]
 
 
-def init_weights(module: nn.Module, std: float) -> None:
-    """Normal(0, ``std``) linear and embedding weights (padding rows zero), zero biases, unit LayerNorm."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        module.weight.data.normal_(mean=0.0, std=std)
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            module.weight.data[module.padding_idx].zero_()
-    elif isinstance(module, nn.LayerNorm):
-        module.bias.data.zero_()
-        module.weight.data.fill_(1.0)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        module.bias.data.zero_()
-
-
 class _Unresolved:
     """Stands in for a pickled object whose class cannot be imported here (e.g. the authors'
     ``unisrec.UniSRec`` referenced from the Config a release's checkpoint pickles)."""

@@ -31,7 +31,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
 from recbole_llm.data.text_dataset import TextSeqDataset
-from recbole_llm.model._layers import transformer_encoder
+from recbole_llm.model._layers import init_weights, transformer_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +70,9 @@ class LEARN(SequentialRecommender):
         self.initializer_range = config["initializer_range"]
         self.register_buffer("item_text_emb", dataset.item_text_emb.clone(), persistent=False)
         self.alignment = PreferenceAlignment(config, dataset.item_text_emb.shape[1], self.max_seq_length)
-        self.apply(self._init_weights)
+        self.apply(lambda module: init_weights(module, self.initializer_range))
         if config["pretrained_file"]:
             self.load_pretrained(config["pretrained_file"])
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
 
     def load_pretrained(self, path: str) -> None:
         """Load the preference-alignment module of a LEARN checkpoint (e.g. multi-domain pre-training)."""

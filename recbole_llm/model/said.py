@@ -19,7 +19,7 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
-from recbole_llm.model._layers import transformer_encoder
+from recbole_llm.model._layers import init_weights, transformer_encoder
 from recbole_llm.data import TextSeqDataset
 from recbole_llm.llm.semantic_embedding import semantic_item_embeddings
 from recbole_llm.utils import cache_dir
@@ -43,19 +43,10 @@ class SAID(SequentialRecommender):
         semantic_table, _ = semantic_item_embeddings(config, dataset, cache_dir(config, "said"))
         self.adapter = nn.Linear(semantic_table.shape[1], self.hidden_size)
         self.loss_fct = nn.CrossEntropyLoss()
-        self.apply(self._init_weights)
+        self.apply(lambda module: init_weights(module, self.initializer_range))
         self.semantic_item_embedding = nn.Embedding.from_pretrained(
             semantic_table, freeze=bool(config["freeze_item_emb"]), padding_idx=0
         )
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        elif isinstance(module, nn.LayerNorm):
-            module.bias.data.zero_()
-            module.weight.data.fill_(1.0)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
 
     def item_representations(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Adapted semantic embeddings of ``item_ids`` (all items when None): [..., hidden_size]."""

@@ -32,8 +32,8 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
 from recbole_llm.data.transfer_dataset import TransferTextDataset, word_drop_embeddings
-from recbole_llm.model._layers import transformer_encoder
-from recbole_llm.model._transfer import StateDict, copy_transferred, init_weights, read_state_dict
+from recbole_llm.model._layers import init_weights, transformer_encoder
+from recbole_llm.model._transfer import StateDict, copy_transferred, read_state_dict
 from recbole_llm.trainer.transfer import TransferTrainer
 
 TRAIN_STAGES = ("pretrain", "inductive_ft", "transductive_ft")

@@ -34,8 +34,8 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from recbole_llm.data.transfer_dataset import TransferTextDataset
-from recbole_llm.model._layers import transformer_encoder
-from recbole_llm.model._transfer import StateDict, copy_transferred, init_weights, read_state_dict
+from recbole_llm.model._layers import init_weights, transformer_encoder
+from recbole_llm.model._transfer import StateDict, copy_transferred, read_state_dict
 from recbole_llm.quantize.pq import cached_item_codes, released_item_codes
 from recbole_llm.trainer.transfer import TransferTrainer
 from recbole_llm.utils import cache_dir
