@@ -38,7 +38,7 @@ def check_topk(config: Config, dataset) -> None:
         )
 
 
-def _build(config: Config):
+def build(config: Config):
     """Dataset, loaders and model for a ready config (seeded as RecBole seeds them)."""
     init_seed(config["seed"], config["reproducibility"])
     logger = getLogger()
@@ -97,7 +97,7 @@ def _run_checkpoint_file(config: Config, folder: str) -> str:
 def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[str, Any]:
     start = time.perf_counter()
     with stages.collect_reports() as reports:
-        _, (train_data, valid_data, test_data), model = _build(config)
+        _, (train_data, valid_data, test_data), model = build(config)
     setup_seconds = time.perf_counter() - start
     trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
     if not config["single_spec"]:
@@ -243,7 +243,7 @@ def load_data_and_model(model_file: str):
     config["device"] = torch.device("cuda" if torch.cuda.is_available() and config["gpu_id"] else "cpu")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
-    dataset, (train_data, valid_data, test_data), model = _build(config)
+    dataset, (train_data, valid_data, test_data), model = build(config)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))
     return config, model, dataset, train_data, valid_data, test_data

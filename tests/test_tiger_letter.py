@@ -21,7 +21,7 @@ from recbole_llm.quantize.semantic_ids import (
     parse_code_index,
     standardized,
 )
-from recbole_llm.quick_start import _build, run_recbole_llm
+from recbole_llm.quick_start import build, run_recbole_llm
 
 # A tiny tokenizer and generator: seconds on two CPU cores.
 TINY_GENREC = {
@@ -133,18 +133,18 @@ def test_trie_beam_search_yields_only_valid_ids_and_the_true_top_items():
 
 def test_semantic_ids_unique_and_cached(genrec_config):
     config = Config(model="LETTER", config_dict=genrec_config)
-    dataset, _, model = _build(config)
+    dataset, _, model = build(config)
     ids = dataset.item_semantic_ids[1:]
     assert len({tuple(row) for row in ids.tolist()}) == len(ids)
     report = dataset.semantic_id_report
     assert 0.0 <= report["collision_rate_before_dedup"] < 1.0 and report["n_items"] == len(ids)
-    again, _, _ = _build(Config(model="LETTER", config_dict=genrec_config))
+    again, _, _ = build(Config(model="LETTER", config_dict=genrec_config))
     assert torch.equal(again.item_semantic_ids, dataset.item_semantic_ids)
 
 
 def test_beam_scores_equal_exact_log_likelihood(genrec_config):
     config = Config(model="TIGER", config_dict=genrec_config)
-    _, (_, _, test_data), model = _build(config)
+    _, (_, _, test_data), model = build(config)
     model.eval()
     batch = next(iter(test_data))[0]
     interaction = batch[:8]
@@ -174,7 +174,7 @@ def test_end_to_end_run(genrec_config, model_name):
 
 def test_unknown_scoring_mode_is_rejected(genrec_config):
     with pytest.raises(ValueError, match="scoring"):
-        _build(Config(model="TIGER", config_dict={**genrec_config, "scoring": "greedy"}))
+        build(Config(model="TIGER", config_dict={**genrec_config, "scoring": "greedy"}))
 
 
 def test_dead_codes_restart_onto_residuals_so_every_code_is_used():
@@ -200,7 +200,7 @@ def test_standardized_embeddings_have_zero_mean_unit_variance():
 
 def test_encoder_reads_the_latest_history_items(genrec_config):
     config = Config(model="TIGER", config_dict={**genrec_config, "history_items": 2})
-    _, (train_data, _, _), model = _build(config)
+    _, (train_data, _, _), model = build(config)
     batch = next(iter(train_data))
     items, lengths = batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN]
     tokens, mask = model.encoder_inputs(batch)
@@ -256,7 +256,7 @@ def test_external_index_collisions_are_counted_and_deduplicated(tmp_path):
 
 
 def test_tiger_trains_on_an_external_index(genrec_config, tmp_path):
-    dataset, _, _ = _build(Config(model="TIGER", config_dict=genrec_config))
+    dataset, _, _ = build(Config(model="TIGER", config_dict=genrec_config))
     tokens = dataset.field2id_token[dataset.iid_field][1:]
     rng = np.random.default_rng(0)
     codes = {str(token): [int(rng.integers(0, 5)), int(rng.integers(0, 7)), int(rng.integers(0, 3))] for token in tokens}
@@ -264,7 +264,7 @@ def test_tiger_trains_on_an_external_index(genrec_config, tmp_path):
     index = {token: [f"<{letter}_{code}>" for letter, code in zip("abc", row)] for token, row in codes.items()}
     path = _write_index(tmp_path / "index.json", index)
     config = Config(model="TIGER", config_dict={**genrec_config, "semantic_id_file": path})
-    dataset, (train_data, _, _), model = _build(config)
+    dataset, (train_data, _, _), model = build(config)
     expected = torch.tensor([codes[str(token)] for token in tokens])
     assert torch.equal(dataset.item_semantic_ids[1:, :3], expected)
     assert len({tuple(row) for row in dataset.item_semantic_ids[1:].tolist()}) == len(tokens)
@@ -277,7 +277,7 @@ def test_tiger_trains_on_an_external_index(genrec_config, tmp_path):
 
 def test_length_buckets_give_the_loss_and_encoding_of_one_padded_pass(genrec_config):
     config = Config(model="TIGER", config_dict={**genrec_config, "length_buckets": 16})
-    _, (train_data, _, _), model = _build(config)
+    _, (train_data, _, _), model = build(config)
     model.eval()
     batch = next(iter(train_data))
     tokens, mask = model.encoder_inputs(batch)
@@ -296,7 +296,7 @@ def test_length_buckets_give_the_loss_and_encoding_of_one_padded_pass(genrec_con
 
 def test_bf16_autocast_trains_and_ranks(genrec_config):
     config = Config(model="TIGER", config_dict={**genrec_config, "mixed_precision": "bf16"})
-    _, (train_data, _, test_data), model = _build(config)
+    _, (train_data, _, test_data), model = build(config)
     model.eval()
     batch = next(iter(train_data))
     with torch.no_grad():
@@ -309,4 +309,4 @@ def test_bf16_autocast_trains_and_ranks(genrec_config):
     assert mixed.dtype == torch.float32 and abs(float(mixed) - float(full)) < 0.05 * float(full)
     assert (items > 0).all() and torch.isfinite(scores).all() and scores.dtype == torch.float32
     with pytest.raises(ValueError, match="mixed_precision"):
-        _build(Config(model="TIGER", config_dict={**genrec_config, "mixed_precision": "fp8"}))
+        build(Config(model="TIGER", config_dict={**genrec_config, "mixed_precision": "fp8"}))

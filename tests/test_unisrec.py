@@ -14,9 +14,9 @@ from recbole_llm.data.transfer_dataset import drop_words, read_feat_file
 from recbole_llm.model import unisrec as unisrec_module
 from recbole_llm.model import vqrec as vqrec_module
 from recbole_llm.model._transfer import read_state_dict
-from recbole_llm.model.unisrec import MoEAdaptor, UniSRec
+from recbole_llm.model.unisrec import MoEAdaptor
 from recbole_llm.quantize.pq import released_item_codes
-from recbole_llm.quick_start import _build
+from recbole_llm.quick_start import build
 
 TINY_UNISREC = {"n_exps": 3, "adaptor_dropout_prob": 0.1}
 
@@ -57,7 +57,7 @@ def test_moe_gate_weights_sum_to_one_and_noise_only_in_training():
 
 def _model(uni_config, **overrides):
     config = Config(model="UniSRec", dataset=uni_config["dataset"], config_dict={**uni_config, **overrides})
-    return _build(config)
+    return build(config)
 
 
 def test_augmentations_keep_order_and_mask_same_targets(uni_config):
@@ -212,7 +212,7 @@ def test_released_faiss_index_encodes_like_the_release_and_refuses_other_widths(
               "code_dim": books, "code_cap": 256}
     config_obj = Config(model="VQRec", dataset=uni_config["dataset"],
                         config_dict={**uni_config, "train_stage": "inductive_ft", **config})
-    dataset, _, model = _build(config_obj)
+    dataset, _, model = build(config_obj)
     item_tokens = dataset.field2id_token[dataset.iid_field]
     expected = codes[[int(t) for t in item_tokens[1:]]] + vqrec_module.VQRec.codebook_offsets_for(books, 256).numpy()
     assert np.array_equal(model.item_codes[1:].numpy(), expected) and model.item_codes[0].eq(0).all()
@@ -285,7 +285,7 @@ def test_a_checkpoint_of_the_authors_vqrec_pretraining_loads_with_the_same_item_
                  "n_layers": len({key.split(".")[2] for key in official if key.startswith("trm_encoder.layer.")}),
                  "MAX_ITEM_LIST_LENGTH": official["position_embedding.weight"].shape[0]}
     config = Config(model="VQRec", dataset=uni_config["dataset"], config_dict={**uni_config, **overrides})
-    _, _, model = _build(config)
+    _, _, model = build(config)
     assert torch.equal(model.state_dict()["trm_encoder.layer.0.multi_head_attention.key.weight"],
                        official["trm_encoder.layer.0.multi_head_attention.key.weight"])
     codes = torch.randint(0, cap, (6, books))

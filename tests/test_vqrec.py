@@ -15,7 +15,7 @@ from recbole_llm import Config, load_data_and_model, run_recbole_llm
 from recbole_llm.data.multi_domain import merge_domains
 from recbole_llm.model.vqrec import CodePermutation, VQRec
 from recbole_llm.quantize.pq import cached_item_codes, fit_item_codes
-from recbole_llm.quick_start import _build
+from recbole_llm.quick_start import build
 
 TINY_CODES = {"code_dim": 4, "code_cap": 16, "opq_iter": 5}
 
@@ -102,7 +102,7 @@ def test_pretrain_then_finetune_learns_permutation_and_round_trips(vq_config):
 
     # the permutation alone lowers the loss of a fixed batch, and only by moving
     config = Config(model="VQRec", dataset=vq_config["dataset"], config_dict=finetune)
-    _, (train_data, _, _), model = _build(config)
+    _, (train_data, _, _), model = build(config)
     reference = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     assert torch.equal(model.code_embedding.weight, reference["code_embedding.weight"])
     model.learn_permutation()
@@ -146,19 +146,19 @@ def test_missing_pretrained_file_is_named(vq_config):
     config = Config(model="VQRec", dataset=vq_config["dataset"],
                     config_dict={**vq_config, "pretrained_file": "/nonexistent/vqrec.pth"})
     with pytest.raises(FileNotFoundError, match="pretrained_file"):
-        _build(config)
+        build(config)
 
 
 def test_unknown_stage_is_named(vq_config):
     config = Config(model="VQRec", dataset=vq_config["dataset"], config_dict={**vq_config, "train_stage": "finetune"})
     with pytest.raises(ValueError, match="train_stage"):
-        _build(config)
+        build(config)
 
 
 def test_contrastive_loss_masks_duplicate_targets_with_minus_inf(vq_config):
     config = Config(model="VQRec", dataset=vq_config["dataset"],
                     config_dict={**vq_config, "train_stage": "pretrain", "fake_idx_ratio": 0.0})
-    _, (train_data, _, _), model = _build(config)
+    _, (train_data, _, _), model = build(config)
     model.eval()
     batch = _first_batch(train_data)[:8]
     batch[model.POS_ITEM_ID][1] = batch[model.POS_ITEM_ID][0]  # rows 0 and 1 share a target
