@@ -1,5 +1,4 @@
 """Model yaml files load along the class hierarchy: a subclass's file holds only what differs."""
-import sys
 
 import yaml
 from recbole.model.sequential_recommender import SASRec
