@@ -28,7 +28,8 @@ TINY_SEQUENTIAL = {
 
 @pytest.fixture(autouse=True)
 def clean_argv(monkeypatch, tmp_path):
-    """RecBole's Config reads --key=value from sys.argv; pytest's own flags must not leak in.
+    """RecBole's own Config reads --key=value from sys.argv (the plugin's never does): pytest's
+    flags must not reach one built by RecBole code.
 
     Also runs each test in its own folder, where RecBole writes its log/ and saved/ folders.
     """
