@@ -80,7 +80,6 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    sys.argv = sys.argv[:1]  # RecBole's Config parses sys.argv
     config_files = dataset_config_files(args.dataset, Path(args.data_root))
     data_path = {"data_path": args.data_root}
     tiger = {**data_path, **{key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}}

@@ -94,7 +94,6 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        sys.argv = sys.argv[:1]  # RecBole's Config would read the flags as overrides
         row = encode_once(args.dataset, args.data_root, args.one, args.batch_size, args.max_length, args.gpu, args.items)
         print(json.dumps(row))
         return

@@ -5,7 +5,7 @@ last shards with repeated users, then averages each rank's *rounded* metrics wei
 batch count. :class:`ExactDistributedEvaluation` keeps RecBole's sharding (each rank scores only
 its users: beam search, candidate ranking and full ranking all run sharded) but drops the padded
 repeats and evaluates the gathered per-user results once, so the metrics equal a single-process
-evaluation. It is mixed into the trainer class only when the run is distributed
+evaluation. Before reloading the best checkpoint every rank waits until rank 0 has written it. It is mixed into the trainer class only when the run is distributed
 (:func:`distributed_trainer`).
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ class ExactDistributedEvaluation:
     """Trainer mixin: sharded full-ranking evaluation whose metrics equal a single process's."""
 
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if load_best_model and not self.config["single_spec"]:
+            torch.distributed.barrier()  # rank 0 may still be writing the best checkpoint
         if self.config["single_spec"] or not isinstance(eval_data, FullSortEvalDataLoader):
             return super().evaluate(eval_data, load_best_model, model_file, show_progress)
         self._eval_samples = eval_data.sample_size
