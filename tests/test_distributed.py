@@ -80,11 +80,6 @@ def test_two_node_rendezvous_with_world_size_and_group_offset(tiny_config):
 
 
 def _node(offset: int, port: str, config: dict, queue) -> None:
-    import os
-    import sys
-
-    os.chdir(os.getcwd())
-    sys.argv = sys.argv[:1]
     result = run(model="SASRec", dataset=config["dataset"], config_dict=config, saved=False, nproc=1,
                  world_size=2, ip="127.0.0.1", port=port, group_offset=offset)
     queue.put((offset, {"model_fingerprint": result["model_fingerprint"], "test_result": dict(result["test_result"])}))
