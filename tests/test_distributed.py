@@ -34,6 +34,8 @@ def _model_config(model: str, tiny_config: dict, tiny_lm: str) -> dict:
         config.update(TINY_GENREC)
     elif model == "VQRec":
         config.update(code_dim=8, code_cap=16)
+    elif model == "LLMSeqSim":
+        config.update(text_encoder="all-MiniLM-L6-v2")  # the packaged encoder: the LLM extra is optional
     elif model == "SAID":
         config.update(said_llm=tiny_lm, said_soft_tokens=1, said_projector_hidden=16, said_max_text_tokens=6,
                       said_batch_size=128, said_eval_items=32)
