@@ -52,8 +52,8 @@ def _said_config(tiny_config, tiny_lm, **overrides) -> dict:
             "said_max_text_tokens": 8, "said_batch_size": 128, "said_eval_items": 64, **overrides}
 
 
-def test_said_trains_frozen_embeddings_stay_fixed_and_cache_is_reused(tiny_config, tiny_lm, monkeypatch):
-    config = _said_config(tiny_config, tiny_lm)
+def test_said_trains_frozen_embeddings_stay_fixed_and_cache_is_reused(tiny_config, tiny_lm, monkeypatch, tmp_path):
+    config = _said_config(tiny_config, tiny_lm, cache_dir=str(tmp_path / "cache"))
     result = run_recbole_llm(model="SAID", dataset=config["dataset"], config_dict=config, saved=True)
     assert all(math.isfinite(v) for v in result["test_result"].values())
     report = result["preparation"]["said_stage1"]
