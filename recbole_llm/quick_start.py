@@ -134,6 +134,13 @@ def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[s
     }
 
 
+def _make_run_folders(config: Config) -> None:
+    """RecBole creates ./log/<model> and the checkpoint folder check-then-create: runs started
+    together in one working folder race on it (FileExistsError). Create them race-free first."""
+    os.makedirs(os.path.join("log", str(config["model"])), exist_ok=True)
+    os.makedirs(config["checkpoint_dir"], exist_ok=True)
+
+
 def run_recbole_llm(
     model: Optional[str] = None,
     dataset: Optional[str] = None,
@@ -161,6 +168,7 @@ def run_recbole_llm(
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict,
                     argv=argv, profile=profile)
     init_seed(config["seed"], config["reproducibility"])
+    _make_run_folders(config)
     init_logger(config)
     logger = getLogger()
     if argv:
