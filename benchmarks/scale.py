@@ -15,6 +15,7 @@ Usage: python benchmarks/scale.py [--items 100000] [--users 200000] [--run_users
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -57,12 +58,12 @@ def write_raw(folder: Path, items: int, users: int, per_user: int, seed: int) ->
                 "categories": ["Office Products", words["category"]], "store": words["brand"],
                 "features": [], "description": [],
             }) + "\n")
-    popularity = [1.0 / (rank + 10) for rank in range(items)]
+    popularity = list(itertools.accumulate(1.0 / (rank + 10) for rank in range(items)))  # Zipf-like, cumulative
     with open(folder / "Synthetic.jsonl", "w", encoding="utf-8") as reviews:
         for user in range(users):
             start = 1_600_000_000_000 + user * 1000
             chosen = {user % items, (user + users) % items}  # every item gets reviews from several users
-            chosen.update(rng.choices(range(items), weights=popularity, k=per_user))
+            chosen.update(rng.choices(range(items), cum_weights=popularity, k=per_user))
             for step, item in enumerate(sorted(chosen, key=lambda _: rng.random())[:per_user]):
                 reviews.write(json.dumps({"user_id": f"U{user:07d}", "parent_asin": f"P{item:07d}", "asin": f"P{item:07d}",
                                           "rating": 5.0, "timestamp": start + step * 86_400_000}) + "\n")
