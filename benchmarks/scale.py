@@ -159,7 +159,9 @@ def main(argv=None) -> None:
                 row["test_eval_seconds_all_users"] = round(row["timing"]["test_eval_seconds"] * scale, 1)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    report = {"items": args.items, "users": args.users, "run_users": args.run_users, "per_user": args.per_user,
+    converted_items = sum(1 for _ in open(converted / f"{converted.name}.item", encoding="utf-8")) - 1
+    report = {"items": args.items, "users": args.users, "converted_items": converted_items,
+              "run_users": args.run_users, "per_user": args.per_user,
               "prepare_seconds": round(prepare_seconds, 1), "rows": rows,
               "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     out = Path(args.out)
@@ -170,8 +172,9 @@ def main(argv=None) -> None:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"Synthetic catalogue: {report['items']:,} items, {report['users']:,} users; runs on the first "
-             f"{report['run_users']:,} users with every item; times scaled linearly to all users.", "",
+    lines = [f"Synthetic catalogue: {report['items']:,} items and {report['users']:,} users generated, "
+             f"{report.get('converted_items', report['items']):,} items after the converter's 5-core filter; runs on "
+             f"the first {report['run_users']:,} users with every item; times scaled linearly to all users.", "",
              "| model | processes | train s/epoch (run) | train s/epoch (all users) | eval s (run) | eval s (all users) | peak RSS MB | error |",
              "|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
