@@ -112,23 +112,11 @@ LM_SAMPLE_TEXTS = [
 def tiny_lm(tmp_path_factory) -> str:
     """A random 2-layer Llama with a word-level tokenizer (ml-100k titles and the sample texts),
     saved as a local Hugging Face folder."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from tiny_llm import save_tiny_llama
 
     corpus = LM_SAMPLE_TEXTS + (_ml100k_source() / "ml-100k.item").read_text(encoding="utf-8").splitlines()[1:]
-    word_level = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    word_level.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "</s>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=word_level.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=128, initializer_range=0.5, pad_token_id=0, eos_token_id=2, bos_token_id=2)
-    folder = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return str(folder)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), corpus, max_position_embeddings=128,
+                           initializer_range=0.5)
 
 
 # Tiny UniSAR sizes (tests/test_unisar.py, tests/test_ray_families.py)

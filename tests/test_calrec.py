@@ -8,7 +8,7 @@ import torch
 
 from recbole_llm import Config, create_dataset, run_recbole_llm
 from recbole_llm.model._grounding import BM25Grounder, info_nce, ranked_lists_to_scores, round_robin_merge
-from textgen_fixtures import ml100k_item_lines, save_tiny_lm
+from tiny_llm import ml100k_item_lines, save_tiny_llama
 
 CATALOGUE = [
     "",
@@ -23,7 +23,7 @@ PROMPT_WORDS = ["Purchase history of a user, most recent last:", "Next item:", "
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory) -> str:
-    return save_tiny_lm(tmp_path_factory.mktemp("calrec_lm"), ml100k_item_lines() + PROMPT_WORDS)
+    return save_tiny_llama(tmp_path_factory.mktemp("calrec_lm"), ml100k_item_lines() + PROMPT_WORDS)
 
 
 def test_grounding_returns_only_catalogue_items_and_an_exact_text_first():

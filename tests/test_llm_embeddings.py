@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from recbole_llm.text import features, llm_encoder
+from tiny_llm import save_tiny_llama
 
 TEXTS = ["Star Wars 1977 Action Adventure", "Return of the Jedi 1983 Action", "Sleepless in Seattle 1993 Comedy", ""]
 
@@ -20,20 +21,7 @@ def _tokenizer_corpus() -> list:
 
 
 def _save_tiny_llama(folder: Path, seed: int) -> str:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    word_level = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    word_level.train_from_iterator(_tokenizer_corpus(), trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "</s>"]))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", pad_token="[PAD]", eos_token="</s>")
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=word_level.get_vocab_size(), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=128, pad_token_id=0, eos_token_id=2, bos_token_id=2)
-    LlamaForCausalLM(config).save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
-    return str(folder)
+    return save_tiny_llama(folder, _tokenizer_corpus(), seed=seed, max_position_embeddings=128)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 from recbole_llm import Config, create_dataset, run_recbole_llm
 from recbole_llm.model._grounding import FacetGrounding, SubstringIndex, aggregate_facet_scores, constrained_generate
 from recbole_llm.registry import get_model
-from textgen_fixtures import ml100k_item_lines, save_tiny_lm
+from tiny_llm import ml100k_item_lines, save_tiny_llama
 
 PROMPT_WORDS = ["Items a user interacted with, most recent last, by ID: title: attribute:", "Next item ;"]
 
@@ -20,7 +20,7 @@ PROMPT_WORDS = ["Items a user interacted with, most recent last, by ID: title: a
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory) -> str:
     item_ids = [line.split("\t")[0] for line in ml100k_item_lines()]
-    return save_tiny_lm(tmp_path_factory.mktemp("transrec_lm"), ml100k_item_lines() + item_ids + PROMPT_WORDS)
+    return save_tiny_llama(tmp_path_factory.mktemp("transrec_lm"), ml100k_item_lines() + item_ids + PROMPT_WORDS)
 
 
 def _substrings(sequences, max_length, prefixes_only=False):
