@@ -40,13 +40,13 @@ def _train_briefly(model, train_data, batches: int, learning_rate: float) -> Non
 
 def _trained_model(args):
     from recbole_llm.config import Config
-    from recbole_llm.quick_start import _build
+    from recbole_llm.quick_start import build
 
     overrides = {"show_progress": False, "train_batch_size": 256,
                  "beam_size": args.beam, "topk": [10, args.beam], "data_path": args.data_path,
                  "rqvae_epochs": args.rqvae_epochs}
     config = Config(model="TIGER", dataset=args.dataset, config_file_list=args.config_files, config_dict=overrides)
-    _, (train_data, _, test_data), model = _build(config)
+    _, (train_data, _, test_data), model = build(config)
     _train_briefly(model, train_data, args.train_batches, config["learning_rate"])
     return model.eval(), test_data
 

@@ -31,7 +31,7 @@ import yaml  # noqa: E402
 
 from recbole_llm.benchmark import dataset_config_files, job_overrides  # noqa: E402
 from recbole_llm.config import Config  # noqa: E402
-from recbole_llm.quick_start import _build  # noqa: E402
+from recbole_llm.quick_start import build  # noqa: E402
 from recbole_llm.utils import atomic_write  # noqa: E402
 
 
@@ -42,7 +42,7 @@ class Variant:
         self.label = label
         config = Config(model=model_name, dataset=dataset, config_file_list=config_files,
                         config_dict={**job_overrides("cpu", model_name, dataset, {}), **overrides})
-        _, (self.train_data, _, _), self.model = _build(config)
+        _, (self.train_data, _, _), self.model = build(config)
         self.model.train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config["learning_rate"])
         self.batches = iter(self.train_data)
