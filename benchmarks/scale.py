@@ -46,7 +46,16 @@ SMALL_STAGES = {
 
 
 def write_raw(folder: Path, items: int, users: int, per_user: int, seed: int) -> None:
-    """Raw Amazon-2023 review and meta files; every item and user has >= 5 reviews (5-core holds)."""
+    """Raw Amazon-2023 review and meta files in which the 5-core filter keeps every item and user.
+
+    Each user reviews ``per_user`` (>= 5) distinct items: ``slots`` of them dealt round-robin over
+    the catalogue, so that every item has at least 5 reviewers, and the rest drawn Zipf-like by
+    popularity. Nothing falls below 5, so the converted catalogue is the generated one.
+    """
+    slots = -(-5 * items // users)  # ceil: users * slots >= 5 * items
+    if per_user < 5 or slots > min(per_user, items):
+        raise ValueError(f"--users {users} x --per_user {per_user} cannot give each of {items} items 5 reviewers "
+                         f"(need --per_user >= 5 and users * per_user >= 5 * items)")
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "meta_Synthetic.jsonl", "w", encoding="utf-8") as meta:
@@ -62,9 +71,10 @@ def write_raw(folder: Path, items: int, users: int, per_user: int, seed: int) ->
     with open(folder / "Synthetic.jsonl", "w", encoding="utf-8") as reviews:
         for user in range(users):
             start = 1_600_000_000_000 + user * 1000
-            chosen = {user % items, (user + users) % items}  # every item gets reviews from several users
-            chosen.update(rng.choices(range(items), cum_weights=popularity, k=per_user))
-            for step, item in enumerate(sorted(chosen, key=lambda _: rng.random())[:per_user]):
+            chosen = {(user * slots + slot) % items for slot in range(slots)}
+            while len(chosen) < per_user:
+                chosen.update(rng.choices(range(items), cum_weights=popularity, k=per_user - len(chosen)))
+            for step, item in enumerate(sorted(chosen, key=lambda _: rng.random())):
                 reviews.write(json.dumps({"user_id": f"U{user:07d}", "parent_asin": f"P{item:07d}", "asin": f"P{item:07d}",
                                           "rating": 5.0, "timestamp": start + step * 86_400_000}) + "\n")
 
