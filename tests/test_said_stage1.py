@@ -182,3 +182,39 @@ def test_two_processes_learn_the_same_table_as_one(tiny_lm, tmp_path):
     for sharded, one in zip(stats0["curve"], single_stats["curve"]):
         assert sharded["held_out_loss"] == pytest.approx(one["held_out_loss"], rel=1e-4)
         assert sharded["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+
+
+# ----------------------------------------------------------------------- ablation benchmark
+
+def test_ablation_benchmark_runs_on_a_slice(tiny_config, tiny_lm, tmp_path):
+    import importlib.util
+    import json
+
+    import yaml
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location("said_ablation", REPO_ROOT / "benchmarks" / "said_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    config_file = tmp_path / "slice.yaml"
+    config_file.write_text(yaml.safe_dump({key: tiny_config[key] for key in ("load_col", "text_fields")}))
+    sizes = {key: tiny_config[key] for key in ("hidden_size", "inner_size", "n_layers", "n_heads", "train_batch_size")}
+    tiny = [f"{key}={value}" for key, value in sizes.items()] + [f"cache_dir={tmp_path / 'cache'}", "state=ERROR"]
+    said = tiny + [f"said_llm={tiny_lm}", "said_embedding_init=random", "said_embedding_size=16",
+                   "said_projector_hidden=16", "said_max_text_tokens=6", "said_batch_size=64", "said_eval_items=16"]
+    out = tmp_path / "results"
+    ablation.main(["--dataset", tiny_config["dataset"], "--data_root", tiny_config["data_path"],
+                   "--config_files", str(config_file), "--users", "60", "--epochs", "1",
+                   "--settings", "one-pass", "converged, 1 soft token", "--converged_epochs", "3", "--set", *said, "--sasrec_set", *tiny,
+                   "--out", str(out), "--name", "ablation"])
+    payload = json.loads((out / "ablation.json").read_text())
+    assert [row["setting"] for row in payload["rows"]] == ["one-pass", "converged, 1 soft token", "SASRec"]
+    assert payload["dataset"] == f"{tiny_config['dataset']}-u60"
+    one_pass, converged = (row["preparation"]["said_stage1"] for row in payload["rows"][:2])
+    assert one_pass["epochs_run"] == 1 and len(one_pass["curve"]) == 1
+    assert converged["settings"]["soft_tokens"] == 1 and 1 <= converged["epochs_run"] <= 3
+    assert len(converged["curve"]) == converged["epochs_run"]
+    table = (out / "ablation.md").read_text()
+    assert "converged, 1 soft token" in table and "N@10 vs SASRec" in table
+    assert (out / "ablation_stage1.png").read_bytes()[:4] == b"\x89PNG"
