@@ -30,27 +30,49 @@ import torch  # noqa: E402
 from recbole_llm import Config, create_dataset  # noqa: E402
 from recbole_llm.benchmark import dataset_config_files, prepare_dataset, versions  # noqa: E402
 from recbole_llm.llm import semantic_embedding as stage1  # noqa: E402
+from recbole_llm.llm.loader import resolve_causal_lm  # noqa: E402
 from recbole_llm.stages import Checkpoint  # noqa: E402
 from recbole_llm.utils import atomic_write  # noqa: E402
 
 
-def slice_inputs(dataset: str, data_root: Path, items: int, shared_data: Path):
-    """The first ``items`` item texts (row 0 = padding kept) and their MiniLM embeddings."""
+def dataset_inputs(dataset: str, data_root: Path, shared_data: Path):
+    """Every item text (row 0 = padding) and its MiniLM embedding, as SAID builds them."""
     prepare_dataset(dataset, data_root, shared_data)
     config = Config(model="SAID", dataset=dataset, config_file_list=dataset_config_files(dataset, data_root),
                     config_dict={"data_path": str(data_root), "show_progress": False, "state": "ERROR"})
     data = create_dataset(config)
-    texts = list(data.item_texts)[: items + 1]
-    return texts, data.item_text_emb[: items + 1]
+    return list(data.item_texts), data.item_text_emb
 
 
-def markdown(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| label | code | items | epochs | batch | text tokens | threads | items/s | loss before | held-out after |",
-             "|" + "---|" * 10]
+def padding(texts: List[str], llm: str, batch_size: int, token_limits: List[int]) -> List[Dict[str, Any]]:
+    """Text positions the LM runs per item when every batch pads to the longest text of the whole
+    catalogue (the earlier code) and when it pads to its own longest (length-bucketed batches)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_causal_lm(llm)))
+    report = []
+    for limit in token_limits:
+        lengths = stage1.TextTargets(texts, tokenizer, limit).lengths
+        train, held_out = stage1.split_held_out(len(texts), 32, 2020)
+        batches = stage1.epoch_batches(train, held_out, lengths, batch_size, 2020)
+        bucketed = sum(len(batch) * int(lengths[batch].max()) for batch, _ in batches) / (len(texts) - 1)
+        report.append({"max_text_tokens": limit, "mean_text_tokens": round(float(lengths[1:].float().mean()), 2),
+                       "positions_per_item_global_padding": int(lengths.max()),
+                       "positions_per_item_bucketed": round(bucketed, 2)})
+    return report
+
+
+def markdown(rows: List[Dict[str, Any]], pad: List[Dict[str, Any]]) -> str:
+    lines = ["| label | code | items | epochs | batch | text tokens | threads | load avg | items/s | loss before | "
+             "held-out after |", "|" + "---|" * 11]
     for row in rows:
         lines.append(f"| {row['label']} | {row['code']} | {row['items']} | {row['epochs_run']} | {row['batch_size']} | "
-                     f"{row['max_text_tokens']} | {row['threads']} | {row['items_per_second']:.2f} | "
-                     f"{row['loss_before']:.4f} | {row['loss_after']:.4f} |")
+                     f"{row['max_text_tokens']} | {row['threads']} | {row['load_average']} | "
+                     f"{row['items_per_second']:.2f} | {row['loss_before']:.4f} | {row['loss_after']:.4f} |")
+    lines += ["", "| max text tokens | mean text tokens | text positions per item, padded to the catalogue's longest | "
+              "padded to the batch's longest |", "|---|---|---|---|"]
+    lines += [f"| {p['max_text_tokens']} | {p['mean_text_tokens']} | {p['positions_per_item_global_padding']} | "
+              f"{p['positions_per_item_bucketed']} |" for p in pad]
     return "\n".join(lines) + "\n"
 
 
@@ -69,7 +91,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path.cwd() / "benchmarks" / "results"))
     args = parser.parse_args()
 
-    texts, text_emb = slice_inputs(args.dataset, Path(args.data_root), args.items, Path(args.shared_data))
+    all_texts, all_emb = dataset_inputs(args.dataset, Path(args.data_root), Path(args.shared_data))
+    texts, text_emb = all_texts[: args.items + 1], all_emb[: args.items + 1]
     known = {field.name for field in dataclasses.fields(stage1.Stage1Settings)}
     wanted = {"llm": args.llm, "epochs": args.epochs, "batch_size": args.batch_size,
               "max_text_tokens": args.max_text_tokens, "eval_items": 32, "save_steps": 10**6, "patience": args.epochs}
@@ -96,11 +119,12 @@ def main() -> None:
     path = out / "said_stage1.json"
     rows = json.loads(path.read_text(encoding="utf-8"))["rows"] if path.is_file() else []
     rows = [r for r in rows if r["label"] != args.label] + [row]
-    payload = json.dumps({"rows": rows, "versions": versions(args.device)}, indent=2)
+    pad = padding(all_texts, args.llm, args.batch_size, [16, 32, 64, 128]) if hasattr(stage1, "epoch_batches") else []
+    payload = json.dumps({"rows": rows, "padding": pad, "versions": versions(args.device)}, indent=2)
     atomic_write(path, lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
-    atomic_write(out / "said_stage1.md", lambda tmp: Path(tmp).write_text(markdown(rows), encoding="utf-8"))
+    atomic_write(out / "said_stage1.md", lambda tmp: Path(tmp).write_text(markdown(rows, pad), encoding="utf-8"))
     print(json.dumps(row, indent=2))
-    print(markdown(rows))
+    print(markdown(rows, pad))
 
 
 if __name__ == "__main__":
