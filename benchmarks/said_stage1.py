@@ -117,9 +117,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "said_stage1.json"
-    rows = json.loads(path.read_text(encoding="utf-8"))["rows"] if path.is_file() else []
-    rows = [r for r in rows if r["label"] != args.label] + [row]
-    pad = padding(all_texts, args.llm, args.batch_size, [16, 32, 64, 128]) if hasattr(stage1, "epoch_batches") else []
+    previous = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    rows = [r for r in previous.get("rows", []) if r["label"] != args.label] + [row]
+    # the earlier code has no length-bucketed batches: keep the padding count a later version made
+    pad = padding(all_texts, args.llm, args.batch_size, [16, 32, 64, 128]) if hasattr(stage1, "epoch_batches") \
+        else previous.get("padding", [])
     payload = json.dumps({"rows": rows, "padding": pad, "versions": versions(args.device)}, indent=2)
     atomic_write(path, lambda tmp: Path(tmp).write_text(payload, encoding="utf-8"))
     atomic_write(out / "said_stage1.md", lambda tmp: Path(tmp).write_text(markdown(rows, pad), encoding="utf-8"))
