@@ -6,7 +6,8 @@ Both models train on the same converted data, protocol (leave-one-out, full rank
 ``cpu`` size profile as the results table (``python -m recbole_llm.benchmark``), each in its own
 subprocess so that peak memory is its own. SAID's stage 1 runs inside its subprocess with the
 packaged SmolLM2-135M-Instruct (or ``--said_llm``); its training seconds, peak memory and
-reconstruction loss before/after come from the run's preparation report. ``--said_set`` changes
+held-out reconstruction loss before/after, epochs and items/second come from the run's
+preparation report. ``--said_set`` changes
 SAID's settings (e.g. ``said_epochs=3 freeze_item_emb=False``). Writes
 ``benchmarks/results/<name>.json`` and ``<name>.md``.
 """
@@ -36,13 +37,14 @@ def markdown(rows: List[Dict[str, Any]]) -> str:
         metrics = " | ".join(f"{row[m]:.4f}" for m in METRICS)
         lines.append(f"| {row['dataset']} | {row['model']} | {metrics} | {row['epochs']} | "
                      f"{row['train_seconds_per_epoch']:.1f} | {row['peak_ram_mb']:.0f} |")
-    lines += ["", "| data | stage-1 items | epochs | train s | peak RSS MB | recon. loss before | after |",
-              "|" + "---|" * 7]
+    lines += ["", "| data | stage-1 items | epochs (best / run) | train s | items/s | peak RSS MB | "
+              "held-out loss before | best |", "|" + "---|" * 8]
     for row in rows:
-        stats = row.get("preparation", {}).get("stage1")
+        stats = row.get("preparation", {}).get("said_stage1")
         if stats:
-            lines.append(f"| {row['dataset']} | {stats['train_items']} | {stats['settings']['epochs']} | "
-                         f"{stats['train_seconds']} | {stats['peak_rss_mb']} | {stats['loss_before']:.4f} | "
+            lines.append(f"| {row['dataset']} | {stats['train_items'] + stats['eval_items']} | "
+                         f"{stats['best_epoch']} / {stats['epochs_run']} | {stats['train_seconds']} | "
+                         f"{stats['items_per_second']} | {stats['peak_rss_mb']} | {stats['loss_before']:.4f} | "
                          f"{stats['loss_after']:.4f} |")
     lines += [""] + [f"{dataset}: SAID N@10 {change:+.1%} relative to SASRec (the paper reports +5 to +15%)"
                      for dataset, change in ndcg_change(rows).items()]

@@ -18,7 +18,7 @@ from conftest import LM_SAMPLE_TEXTS as TEXTS  # noqa: E402  (the tiny LM fixtur
 
 def _settings(tiny_lm: str, **overrides) -> stage1.Stage1Settings:
     values = dict(llm=tiny_lm, embedding_size=16, embedding_init="random", soft_tokens=2, projector_hidden=32,
-                  prompt="Item", max_text_tokens=12, epochs=25, batch_size=4, learning_rate=3e-3,
+                  prompt="Item", max_text_tokens=12, epochs=25, patience=25, batch_size=4, learning_rate=3e-3,
                   item_emb_learning_rate=3e-2, save_steps=2, eval_items=8, seed=7)
     values.update(overrides)
     return stage1.Stage1Settings(**values)

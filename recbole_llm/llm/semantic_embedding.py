@@ -5,18 +5,47 @@ An MLP projector maps it to ``k`` soft tokens in the LM's input space; the LM re
 ``[soft tokens] [prompt] [text tokens]`` and is trained, teacher-forced, to predict the text
 tokens (cross-entropy over the text positions only, ending with EOS). The LM stays frozen: only
 the item embeddings (SparseAdam, so an item moves only when it is in the batch) and the projector
-(AdamW) learn. The result, an array [item_num, d] (row 0 = padding, zeros), is the ``said_stage1``
-stage (:mod:`recbole_llm.stages`) keyed by the texts, the initial table, the LM's content and the
-settings; training checkpoints every ``said_save_steps`` batches and resumes from the last one.
+(AdamW) learn.
+
+Convergence. ``said_epochs`` is a maximum. A fixed, seeded sample of ``said_eval_items`` items
+(at most a quarter of the catalogue) is held out *from the projector*: their embeddings train
+like every other item's (stage 2 needs a learned row for every item, and the paper learns one
+for each), but in batches of their own whose projector gradient is discarded. After each epoch
+their reconstruction loss (nats/token, no gradient) measures how well the shared projector
+decodes embeddings it was never fitted to, which is the part of stage 1 that can over- or
+under-fit (each item's own embedding is a free parameter and only memorises). Training stops when
+that loss has not improved by ``said_min_delta`` for ``said_patience`` epochs, and the table of
+the best epoch (epoch 0, the initial table, included) is the result. The paper (Hu et al., WWW'24
+Companion) trains the embeddings and projector on all items with no held-out criterion; the
+held-out projector split is this implementation's stopping rule.
+
+Speed. Each epoch shuffles the items, sorts windows of ``50 * said_batch_size`` of them by text
+length and cuts batches from the sorted windows, so a batch pads only to its own longest text;
+the batch order is shuffled again. The prompt's token embeddings are computed once; a batch's
+soft tokens come from one projector call. On CUDA the LM runs under bf16 autocast
+(``said_autocast``); on a CPU nothing changes.
+
+Data parallel. Under ``torch.distributed`` every rank draws the same batches; rank ``r`` runs
+the LM forward and backward on items ``r, r + w, ...`` of each (length-sorted) batch only. The
+loss is normalised by the batch's token count over all ranks, the projector's gradients and the
+batch's embedding-row gradients are summed with ``all_reduce``, and every rank applies the same
+optimizer steps, so all ranks hold the same projector and table and the result equals one
+process's up to float rounding. Rank 0 writes the table (the stage runs ``collective=True``).
+
+The result, an array [item_num, d] (row 0 = padding, zeros), is the ``said_stage1`` stage
+(:mod:`recbole_llm.stages`) keyed by the texts, the initial table, the LM's content and the
+settings; training checkpoints every ``said_save_steps`` batches and at each epoch's end, and
+resumes from the last checkpoint (mid-epoch or between epochs).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,6 +58,7 @@ from recbole_llm.stages import Checkpoint, Stage
 logger = logging.getLogger(__name__)
 
 EMBEDDING_INITS = ("text", "random")
+BUCKET_BATCHES = 50  # batches per length-sorted window: a batch pads to its own longest text
 
 
 @dataclass(frozen=True)
@@ -43,28 +73,32 @@ class Stage1Settings:
     prompt: str = ""
     max_text_tokens: int = 32
     epochs: int = 1
+    patience: int = 2
+    min_delta: float = 0.01
     batch_size: int = 32
     learning_rate: float = 1e-3
     item_emb_learning_rate: float = 1e-2
+    autocast: bool = True
     save_steps: int = 50
     eval_items: int = 256
     seed: int = 2020
 
-    _POSITIVE = ("embedding_size", "soft_tokens", "projector_hidden", "max_text_tokens", "epochs",
+    _POSITIVE = ("embedding_size", "soft_tokens", "projector_hidden", "max_text_tokens", "epochs", "patience",
                  "batch_size", "save_steps", "eval_items")
+    _KEYS = {
+        "llm": "said_llm", "embedding_size": "said_embedding_size", "embedding_init": "said_embedding_init",
+        "soft_tokens": "said_soft_tokens", "projector_hidden": "said_projector_hidden",
+        "prompt": "said_prompt", "max_text_tokens": "said_max_text_tokens", "epochs": "said_epochs",
+        "patience": "said_patience", "min_delta": "said_min_delta",
+        "batch_size": "said_batch_size", "learning_rate": "said_learning_rate",
+        "item_emb_learning_rate": "said_item_emb_learning_rate", "autocast": "said_autocast",
+        "save_steps": "said_save_steps", "eval_items": "said_eval_items", "seed": "seed",
+    }
 
     @classmethod
     def from_config(cls, config) -> "Stage1Settings":
         """Settings from a RecBole config; a missing key keeps its default."""
-        keys = {
-            "llm": "said_llm", "embedding_size": "said_embedding_size", "embedding_init": "said_embedding_init",
-            "soft_tokens": "said_soft_tokens", "projector_hidden": "said_projector_hidden",
-            "prompt": "said_prompt", "max_text_tokens": "said_max_text_tokens", "epochs": "said_epochs",
-            "batch_size": "said_batch_size", "learning_rate": "said_learning_rate",
-            "item_emb_learning_rate": "said_item_emb_learning_rate", "save_steps": "said_save_steps",
-            "eval_items": "said_eval_items", "seed": "seed",
-        }
-        values = {field: config[key] for field, key in keys.items() if config[key] is not None}
+        values = {field: config[key] for field, key in cls._KEYS.items() if config[key] is not None}
         settings = cls(**values)
         settings.validate()
         return settings
@@ -74,15 +108,19 @@ class Stage1Settings:
             raise ValueError(f"said_embedding_init must be one of {EMBEDDING_INITS}, got {self.embedding_init!r}")
         for field in self._POSITIVE:
             value = getattr(self, field)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"said_{field} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{self._KEYS[field]} must be a positive integer, got {value!r}")
         if self.learning_rate <= 0 or self.item_emb_learning_rate <= 0:
             raise ValueError("said_learning_rate and said_item_emb_learning_rate must be positive")
+        if not isinstance(self.min_delta, (int, float)) or isinstance(self.min_delta, bool) or self.min_delta < 0:
+            raise ValueError(f"said_min_delta must be a number >= 0 (nats/token), got {self.min_delta!r}")
+        if not isinstance(self.autocast, bool):
+            raise ValueError(f"said_autocast must be true or false, got {self.autocast!r}")
 
     def cache_parts(self) -> Dict[str, Any]:
-        """The settings that change the learned table (not checkpointing or evaluation)."""
+        """The settings that change the learned table (not checkpointing, not the LM's name)."""
         parts = asdict(self)
-        for field in ("save_steps", "eval_items", "llm"):
+        for field in ("save_steps", "llm"):
             parts.pop(field)
         return parts
 
@@ -101,13 +139,18 @@ class SoftTokenProjector(nn.Module):
             nn.Linear(hidden, soft_tokens * lm_width),
         )
 
+    def project(self, rows: torch.Tensor) -> torch.Tensor:
+        """Soft tokens [B, k, lm_width] of the item embeddings ``rows`` [B, d]."""
+        return self.mlp(rows).view(-1, self.soft_tokens, self.lm_width)
+
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
         """Soft tokens [B, k, lm_width] of the items ``item_ids`` [B]."""
-        return self.mlp(self.item_embedding(item_ids)).view(-1, self.soft_tokens, self.lm_width)
+        return self.project(self.item_embedding(item_ids))
 
 
 class TextTargets:
-    """Every item's text as LM token ids [item_num, T] (right-padded, EOS-terminated) and a mask."""
+    """Every item's text as LM token ids [item_num, T] (right-padded, EOS-terminated), a mask and
+    the lengths [item_num]."""
 
     def __init__(self, texts: Sequence[str], tokenizer, max_tokens: int):
         eos = tokenizer.eos_token_id
@@ -122,51 +165,232 @@ class TextTargets:
         for index, row in enumerate(rows):
             self.ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
             self.mask[index, : len(row)] = True
+        self.lengths = self.mask.sum(dim=1)
 
     def to(self, device) -> "TextTargets":
-        self.ids, self.mask = self.ids.to(device), self.mask.to(device)
+        self.ids, self.mask, self.lengths = self.ids.to(device), self.mask.to(device), self.lengths.to(device)
         return self
 
 
 class ReconstructionObjective(nn.Module):
     """Teacher-forced cross-entropy of the item texts given the soft tokens (and the prompt)."""
 
-    def __init__(self, lm, tokenizer, projector: SoftTokenProjector, targets: TextTargets, prompt: str):
+    def __init__(self, lm, tokenizer, projector: SoftTokenProjector, targets: TextTargets, prompt: str,
+                 autocast: bool = True):
         super().__init__()
         self.lm = lm
         self.projector = projector
         self.targets = targets
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         device = lm.get_input_embeddings().weight.device
+        self.autocast = autocast and device.type == "cuda" and torch.cuda.is_bf16_supported()
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         with torch.no_grad():
             prompt_tensor = torch.tensor(prompt_ids, dtype=torch.long, device=device)
             self.register_buffer("prompt_embedding", lm.get_input_embeddings()(prompt_tensor), persistent=False)
 
+    def _precision(self):
+        if self.autocast:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def summed_loss(self, item_ids: torch.Tensor, rows: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, int]:
+        """Summed token cross-entropy of the texts of ``item_ids`` [B] and their token count.
+
+        ``rows`` [B, d] are the items' embeddings (default: the table's rows). The batch is padded
+        to its own longest text only.
+        """
+        if rows is None:
+            rows = self.projector.item_embedding.weight[item_ids]
+        width = int(self.targets.lengths[item_ids].max())
+        tokens, mask = self.targets.ids[item_ids, :width], self.targets.mask[item_ids, :width]
+        batch = len(item_ids)
+        with self._precision():
+            soft = self.projector.project(rows)
+            prefix = soft.shape[1] + self.prompt_embedding.shape[0]
+            with torch.no_grad():
+                text = self.lm.get_input_embeddings()(tokens)
+            prompt = self.prompt_embedding.unsqueeze(0).expand(batch, -1, -1)
+            inputs = torch.cat([soft, prompt.to(soft.dtype), text.to(soft.dtype)], dim=1)
+            attention = torch.cat([torch.ones(batch, prefix, dtype=torch.long, device=mask.device), mask.long()], dim=1)
+            hidden = self.lm.base_model(inputs_embeds=inputs, attention_mask=attention).last_hidden_state
+            predicting = hidden[:, prefix - 1 : prefix - 1 + width]  # position t predicts text token t
+            logits = self.lm.get_output_embeddings()(predicting[mask])
+        loss = nn.functional.cross_entropy(logits.float(), tokens[mask], reduction="sum")
+        return loss, int(mask.sum())
+
     def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
         """Mean per-token cross-entropy of the texts of ``item_ids`` [B]."""
-        soft = self.projector(item_ids)
-        batch, prefix = soft.shape[0], soft.shape[1] + self.prompt_embedding.shape[0]
-        tokens, mask = self.targets.ids[item_ids], self.targets.mask[item_ids]
-        with torch.no_grad():
-            text = self.lm.get_input_embeddings()(tokens)
-        prompt = self.prompt_embedding.unsqueeze(0).expand(batch, -1, -1)
-        inputs = torch.cat([soft, prompt, text], dim=1)
-        attention = torch.cat([torch.ones(batch, prefix, dtype=torch.long, device=mask.device), mask.long()], dim=1)
-        hidden = self.lm.base_model(inputs_embeds=inputs, attention_mask=attention).last_hidden_state
-        predicting = hidden[:, prefix - 1 : prefix - 1 + tokens.shape[1]]  # position t predicts text token t
-        logits = self.lm.get_output_embeddings()(predicting[mask])
-        return nn.functional.cross_entropy(logits.float(), tokens[mask])
+        loss, tokens = self.summed_loss(item_ids)
+        return loss / max(tokens, 1)
+
+
+# ------------------------------------------------------------------------------ distribution
+
+def _world() -> Tuple[int, int]:
+    """(rank, world size); (0, 1) outside an initialised process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    if _world()[1] > 1:
+        torch.distributed.all_reduce(tensor)
+    return tensor
 
 
 def evaluate_reconstruction(objective: ReconstructionObjective, item_ids: torch.Tensor, batch_size: int) -> float:
-    """Token-weighted mean reconstruction loss over ``item_ids`` (no gradient)."""
-    total, count = 0.0, 0
+    """Token-weighted mean reconstruction loss over ``item_ids`` (no gradient), length-bucketed and
+    shared among the ranks."""
+    rank, world = _world()
+    ordered = item_ids[torch.argsort(objective.targets.lengths[item_ids].cpu(), stable=True).to(item_ids.device)]
+    mine = ordered[rank::world]
+    total = torch.zeros(2, dtype=torch.float64, device=item_ids.device)
     with torch.no_grad():
-        for batch in item_ids.split(batch_size):
-            tokens = int(objective.targets.mask[batch].sum())
-            total += float(objective(batch)) * tokens
-            count += tokens
-    return total / max(count, 1)
+        for batch in mine.split(batch_size):
+            loss, tokens = objective.summed_loss(batch)
+            total += torch.tensor([float(loss), tokens], dtype=torch.float64, device=total.device)
+    total = _sum_across_ranks(total)
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def epoch_batches(train_ids: torch.Tensor, held_out_ids: torch.Tensor, lengths: torch.Tensor,
+                  batch_size: int, seed: int) -> List[Tuple[torch.Tensor, bool]]:
+    """One epoch's batches as ``(item_ids, held_out)``: shuffled, cut from length-sorted windows of
+    ``BUCKET_BATCHES`` batches, in shuffled order; held-out items form batches of their own."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = lengths.cpu()
+    batches: List[Tuple[torch.Tensor, bool]] = []
+    for ids, held_out in ((train_ids, False), (held_out_ids, True)):
+        shuffled = ids[torch.randperm(len(ids), generator=generator)]
+        for window in shuffled.split(batch_size * BUCKET_BATCHES):
+            window = window[torch.argsort(lengths[window], stable=True)]
+            batches += [(batch, held_out) for batch in window.split(batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def split_held_out(item_count: int, eval_items: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Items 1..item_count-1 split into (projector-training ids, held-out ids): a seeded sample of
+    ``eval_items`` held out, at most a quarter of the items (at least one)."""
+    items = torch.arange(1, item_count)
+    held = min(eval_items, max(1, len(items) // 4))
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed))
+    return items[order[held:]].sort().values, items[order[:held]].sort().values
+
+
+# ---------------------------------------------------------------------------------- training
+
+class _Trainer:
+    """The training loop of stage 1 over one (possibly sharded) set of batches."""
+
+    def __init__(self, objective: ReconstructionObjective, settings: Stage1Settings, checkpoint: Checkpoint,
+                 show_progress: bool):
+        self.objective = objective
+        self.projector = objective.projector
+        self.table = self.projector.item_embedding.weight
+        self.settings = settings
+        self.checkpoint = checkpoint
+        self.show_progress = show_progress
+        self.rank, self.world = _world()
+        self.embedding_optimizer = torch.optim.SparseAdam([self.table], lr=settings.item_emb_learning_rate)
+        self.projector_optimizer = torch.optim.AdamW(self.projector.mlp.parameters(), lr=settings.learning_rate)
+
+    def step(self, batch: torch.Tensor, held_out: bool) -> Tuple[float, int]:
+        """One optimizer step on the whole ``batch`` (this rank computes its slice); returns the
+        batch's summed loss and token count over all ranks."""
+        mine = slice(self.rank, None, self.world)
+        rows = self.table.detach()[batch[mine]].clone().requires_grad_(True)
+        total_tokens = int(self.objective.targets.lengths[batch].sum())
+        self.projector_optimizer.zero_grad(set_to_none=False)
+        self.table.grad = None
+        loss_sum = torch.zeros((), device=self.table.device)
+        if len(rows):
+            loss_sum, _ = self.objective.summed_loss(batch[mine], rows)
+            (loss_sum / total_tokens).backward()
+        row_grads = torch.zeros(len(batch), self.table.shape[1], device=self.table.device)
+        if rows.grad is not None:
+            row_grads[mine] = rows.grad
+        _sum_across_ranks(row_grads)
+        self.table.grad = torch.sparse_coo_tensor(batch.unsqueeze(0), row_grads, self.table.shape,
+                                                  check_invariants=False)
+        self.embedding_optimizer.step()
+        if not held_out:
+            for parameter in self.projector.mlp.parameters():
+                if parameter.grad is None:
+                    parameter.grad = torch.zeros_like(parameter)
+                _sum_across_ranks(parameter.grad)
+            self.projector_optimizer.step()
+        return float(_sum_across_ranks(loss_sum.detach().reshape(1).double())), total_tokens
+
+    def state(self, state: Dict[str, Any]) -> Dict[str, Any]:
+        return {**state, "projector": self.projector.state_dict(),
+                "optimizers": [self.embedding_optimizer.state_dict(), self.projector_optimizer.state_dict()]}
+
+    def restore(self, state: Dict[str, Any]) -> None:
+        self.projector.load_state_dict(state["projector"])
+        self.embedding_optimizer.load_state_dict(state["optimizers"][0])
+        self.projector_optimizer.load_state_dict(state["optimizers"][1])
+
+    def run(self, state: Dict[str, Any], train_ids: torch.Tensor, held_out_ids: torch.Tensor) -> None:
+        """Train from ``state``'s epoch and step on, until the maximum epochs or early stopping."""
+        settings, lengths = self.settings, self.objective.targets.lengths
+        self.projector.train()
+        while self.stop_reason(state) is None:
+            epoch = state["epoch"]
+            batches = epoch_batches(train_ids, held_out_ids, lengths, settings.batch_size, settings.seed + epoch)
+            progress = tqdm(total=len(batches), initial=state["step"], disable=not self.show_progress or self.rank != 0,
+                            desc=f"SAID stage 1, epoch {epoch + 1}/{settings.epochs}")
+            for index in range(state["step"], len(batches)):
+                batch, held_out = batches[index]
+                start = time.perf_counter()
+                loss_sum, tokens = self.step(batch.to(self.table.device), held_out)
+                running = state["running"]
+                running["seconds"] += time.perf_counter() - start
+                running["items"] += len(batch)
+                if not held_out:
+                    running["loss_sum"] += loss_sum
+                    running["tokens"] += tokens
+                state["step"] = index + 1
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss_sum / max(tokens, 1):.3f}")
+                if state["step"] % settings.save_steps == 0 and state["step"] < len(batches):
+                    self.checkpoint.save(self.state(state))
+            progress.close()
+            self._end_epoch(state, held_out_ids)
+            self.checkpoint.save(self.state(state))
+
+    def _end_epoch(self, state: Dict[str, Any], held_out_ids: torch.Tensor) -> None:
+        """Record the epoch's losses, keep the best table, decide whether to stop."""
+        settings, running = self.settings, state["running"]
+        held_out_loss = evaluate_reconstruction(self.objective, held_out_ids, settings.batch_size)
+        state["curve"].append({
+            "epoch": state["epoch"] + 1,
+            "train_loss": running["loss_sum"] / max(running["tokens"], 1),
+            "held_out_loss": held_out_loss,
+            "seconds": round(running["seconds"], 2),
+            "items_per_second": round(running["items"] / max(running["seconds"], 1e-9), 2),
+        })
+        state["seconds"] += running["seconds"]
+        state["items"] += running["items"]
+        state["epoch"], state["step"] = state["epoch"] + 1, 0
+        state["running"] = _fresh_running()
+        if held_out_loss < state["best_loss"] - settings.min_delta:
+            state.update(best_loss=held_out_loss, best_epoch=state["epoch"], bad_epochs=0,
+                         best_table=self.table.detach().cpu().clone())
+        else:
+            state["bad_epochs"] += 1
+
+    def stop_reason(self, state: Dict[str, Any]) -> Optional[str]:
+        """Why training is over at ``state`` (None while it goes on)."""
+        if state["bad_epochs"] >= self.settings.patience:
+            return f"held-out loss did not improve by {self.settings.min_delta} for {self.settings.patience} epochs"
+        if state["epoch"] >= self.settings.epochs:
+            return f"reached said_epochs ({self.settings.epochs})"
+        return None
+
+
+def _fresh_running() -> Dict[str, float]:
+    return {"loss_sum": 0.0, "tokens": 0, "seconds": 0.0, "items": 0}
 
 
 def _peak_memory_mb(device: torch.device) -> Dict[str, float]:
@@ -188,9 +412,12 @@ def train_semantic_embeddings(
     """Run stage 1; returns the learned table [item_num, d] (row 0 zeros) and training statistics.
 
     ``texts`` and ``initial_table`` are aligned with RecBole's item ids (row 0 = padding, skipped).
+    Under ``torch.distributed`` every rank calls it with the same arguments and gets the same table.
     """
     device = torch.device(device)
     started = time.perf_counter()
+    if len(texts) < 3:
+        raise ValueError(f"SAID stage 1 needs at least two items besides padding, got {len(texts) - 1}")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     lm, tokenizer = load_causal_lm(settings.llm, device, llm_cache_dir)
@@ -198,71 +425,37 @@ def train_semantic_embeddings(
     width = lm.get_input_embeddings().weight.shape[1]
     projector = SoftTokenProjector(initial_table, settings.projector_hidden, settings.soft_tokens, width).to(device)
     targets = TextTargets(texts, tokenizer, settings.max_text_tokens).to(device)
-    objective = ReconstructionObjective(lm, tokenizer, projector, targets, settings.prompt)
-    optimizers = [
-        torch.optim.SparseAdam(list(projector.item_embedding.parameters()), lr=settings.item_emb_learning_rate),
-        torch.optim.AdamW(projector.mlp.parameters(), lr=settings.learning_rate),
-    ]
-    items = torch.arange(1, len(texts), device=device)
-    eval_ids = items[torch.randperm(len(items), generator=torch.Generator().manual_seed(settings.seed))[: settings.eval_items].to(device)]
+    objective = ReconstructionObjective(lm, tokenizer, projector, targets, settings.prompt, settings.autocast)
+    trainer = _Trainer(objective, settings, checkpoint, show_progress)
+    train_ids, held_out_ids = (ids.to(device) for ids in split_held_out(len(texts), settings.eval_items, settings.seed))
     state = checkpoint.load()
     if state is None:
-        state = {"epoch": 0, "step": 0, "seconds": 0.0, "losses": [],
-                 "loss_before": evaluate_reconstruction(objective, eval_ids, settings.batch_size)}
+        loss_before = evaluate_reconstruction(objective, held_out_ids, settings.batch_size)
+        state = {"epoch": 0, "step": 0, "seconds": 0.0, "items": 0, "running": _fresh_running(),
+                 "curve": [], "loss_before": loss_before, "best_loss": loss_before, "best_epoch": 0,
+                 "best_table": projector.item_embedding.weight.detach().cpu().clone(), "bad_epochs": 0}
     else:
-        projector.load_state_dict(state["projector"])
-        for optimizer, optimizer_state in zip(optimizers, state["optimizers"]):
-            optimizer.load_state_dict(optimizer_state)
-    _train_epochs(objective, optimizers, items, settings, state, checkpoint, show_progress)
+        trainer.restore(state)
+    trainer.run(state, train_ids, held_out_ids)
     stats = {
         "loss_before": state["loss_before"],
-        "loss_after": evaluate_reconstruction(objective, eval_ids, settings.batch_size),
-        "eval_items": int(len(eval_ids)),
-        "train_items": int(len(items)),
+        "loss_after": state["best_loss"],  # held-out loss of the kept (best) epoch
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "stop_reason": trainer.stop_reason(state),
+        "curve": state["curve"],
+        "eval_items": int(len(held_out_ids)),
+        "train_items": int(len(train_ids)),
         "train_seconds": round(state["seconds"], 1),
+        "items_per_second": round(state["items"] / max(state["seconds"], 1e-9), 2),
+        "processes": _world()[1],
         "wall_seconds_this_run": round(time.perf_counter() - started, 1),  # LM loading and evaluation included
-        "mean_train_loss_last_epoch": float(np.mean(state["losses"])) if state["losses"] else None,
         "device": str(device),
         **_peak_memory_mb(device),
     }
-    table = projector.item_embedding.weight.detach().cpu().numpy().astype(np.float32)
+    table = state["best_table"].numpy().astype(np.float32)
     table[0] = 0.0
     return table, stats
-
-
-def _train_epochs(objective, optimizers, items, settings, state, checkpoint, show_progress) -> None:
-    """Train (from ``state``'s epoch and step on), checkpointing every ``save_steps`` batches."""
-    objective.projector.train()
-    while state["epoch"] < settings.epochs:
-        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(settings.seed + state["epoch"]))
-        batches = items[order.to(items.device)].split(settings.batch_size)
-        if state["step"] == 0:
-            state["losses"] = []
-        progress = tqdm(total=len(batches), initial=state["step"], disable=not show_progress,
-                        desc=f"SAID stage 1, epoch {state['epoch'] + 1}/{settings.epochs}")
-        for step in range(state["step"], len(batches)):
-            start = time.perf_counter()
-            loss = objective(batches[step])
-            for optimizer in optimizers:
-                optimizer.zero_grad()
-            loss.backward()
-            for optimizer in optimizers:
-                optimizer.step()
-            state["seconds"] += time.perf_counter() - start
-            state["losses"].append(loss.item())
-            state["step"] = step + 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{state['losses'][-1]:.3f}")
-            if state["step"] % settings.save_steps == 0:
-                checkpoint.save(_training_state(objective, optimizers, state))
-        progress.close()
-        state["epoch"], state["step"] = state["epoch"] + 1, 0
-        checkpoint.save(_training_state(objective, optimizers, state))
-
-
-def _training_state(objective, optimizers, state) -> Dict[str, Any]:
-    return {**state, "projector": objective.projector.state_dict(),
-            "optimizers": [optimizer.state_dict() for optimizer in optimizers]}
 
 
 def initial_item_table(settings: Stage1Settings, text_embeddings: torch.Tensor) -> torch.Tensor:
@@ -283,8 +476,8 @@ def initial_item_table(settings: Stage1Settings, text_embeddings: torch.Tensor) 
 
 def semantic_item_embeddings(config, dataset, cache_folder: Path) -> Tuple[torch.Tensor, Dict[str, Any]]:
     """SAID's stage-1 item table [item_num, d] for a TextSeqDataset (read from cache, else learned)
-    and its training statistics (reconstruction loss before/after, seconds, peak memory, settings;
-    ``cached`` tells which)."""
+    and its training statistics (per-epoch loss curve, stop reason, items/second, seconds, peak
+    memory, settings; ``cached`` tells which). Every rank of a distributed run takes part."""
     settings = Stage1Settings.from_config(config)
     texts = list(dataset.item_texts)
     initial = initial_item_table(settings, dataset.item_text_emb)
@@ -296,8 +489,10 @@ def semantic_item_embeddings(config, dataset, cache_folder: Path) -> Tuple[torch
             texts, initial, settings, stage.checkpoint, torch.device(config["device"]),
             llm_cache_dir=config["said_llm_cache_dir"], show_progress=bool(config["show_progress"]),
         )
-        logger.info("SAID stage 1: reconstruction loss %.4f -> %.4f", stats["loss_before"], stats["loss_after"])
+        logger.info("SAID stage 1: held-out reconstruction loss %.4f -> %.4f (epoch %d of %d run; %s)",
+                    stats["loss_before"], stats["loss_after"], stats["best_epoch"], stats["epochs_run"],
+                    stats["stop_reason"])
         return table, {**stats, "settings": asdict(settings)}
 
-    table = stage.run(compute)
+    table = stage.run(compute, collective=True)
     return torch.from_numpy(table), dict(stage.report)
