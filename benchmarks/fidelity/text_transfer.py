@@ -8,16 +8,17 @@
 Both sides read the same files: the papers' Scientific split (``<data>/Scientific.{train,valid,test}.inter``,
 optionally the first ``--max_users`` users), one MiniLM embedding per item written in the
 releases' ``Scientific.feat1CLS`` layout (raw float32, ``item2index`` order), and for VQ-Rec the
-item codes of one faiss index built by the authors' ``pq.py`` from those embeddings (ours reads it
+item codes of one faiss index built by the recipe of the authors' ``pq.py`` from those embeddings (ours reads it
 through ``pq_index_file``). Sizes, learning rate, batch sizes, epochs, early stopping, metrics and
 seed are the same command-line settings on both sides; each run is a subprocess with
 ``--threads`` CPU threads. A side whose checkout is not given (or absent) is skipped.
 
 The VQ-Rec index is built here, once, by the release's recipe (``pq.py``: faiss
 ``index_factory(d, "OPQ32,IVF1,PQ32x8", METRIC_INNER_PRODUCT)``, trained on and filled with the
-training-split items), with ``--threads`` OpenMP threads: ``pq.py`` hard-codes
-``faiss.omp_set_num_threads(32)``, and 32 spinning OpenMP threads on a two-core machine made its
-OPQ training crawl. Both sides then read that one index file. With ``--max_users`` the VQ-Rec
+training-split items) with ``--threads`` OpenMP threads (``pq.py`` fixes 32), and both sides read
+that one file. Most of ``pq.py``'s time is not the OPQ rotation: that factory string turns on
+faiss' polysemous training of the PQ (a simulated-annealing reordering of each sub-codebook's 256
+centroids), which took 116 of 127 s of a one-thread build with 2 OPQ rounds on 1,355 items here. With ``--max_users`` the VQ-Rec
 items are renumbered 0..n-1 in their original order and the ``.feat1CLS`` keeps only their rows,
 since the release requires one embedding row per item of the dataset. The release's fine-tuning
 first trains only its code permutation for ``reassign_steps`` epochs and then freezes its
