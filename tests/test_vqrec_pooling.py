@@ -91,3 +91,25 @@ def test_pooling_follows_new_item_codes(tiny_config):
         expected = _reference_items(model)
     assert not torch.allclose(before, after)
     assert torch.allclose(after, expected, atol=1e-6)
+
+
+def test_pretrain_loss_equals_the_reference(tiny_config):
+    config = Config(model="VQRec", dataset=tiny_config["dataset"],
+                    config_dict={**tiny_config, **TINY_CODES, "train_stage": "pretrain", "fake_idx_ratio": 0.0})
+    _, (train_data, _, _), model = build(config)
+    model.eval()
+    batch = next(iter(train_data))[:16]
+    positives = batch[model.POS_ITEM_ID]
+    items = _reference_items(model)
+    user = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN], items)
+    targets = F.normalize(items[positives], dim=-1)
+    logits = user @ targets.t() / model.temperature
+    same = (positives.unsqueeze(0) == positives.unsqueeze(1)) & ~torch.eye(len(positives), dtype=torch.bool)
+    logits = logits.masked_fill(same, float("-inf"))
+    fake = (user * targets).sum(-1, keepdim=True) / model.temperature  # ratio 0: the fake item is the positive
+    expected = F.cross_entropy(torch.cat([logits, fake], 1), torch.arange(len(positives)))
+    expected_grad = torch.autograd.grad(expected, model.code_embedding.weight)[0]
+    loss = model.calculate_loss(batch)
+    grad = torch.autograd.grad(loss, model.code_embedding.weight)[0]
+    assert torch.allclose(loss, expected, rtol=1e-5)
+    assert torch.allclose(grad, expected_grad, rtol=1e-4, atol=1e-7)

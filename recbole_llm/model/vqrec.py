@@ -274,15 +274,18 @@ class VQRec(SequentialRecommender):
             self._pooling = (key, *mean_pooling_matrices(codes, self.code_embedding.num_embeddings, dtype))
         return self._pooling[1], self._pooling[2]
 
-    def item_embeddings(self) -> torch.Tensor:
-        """[n_items, hidden_size]: mean code embedding (+ ID embedding in ``transductive_ft``).
+    def _pool_items(self, table: torch.Tensor) -> torch.Tensor:
+        """[n_items, hidden_size]: every item's mean code embedding from ``table``.
 
         Every item is pooled at each step, so the pooling is a sparse product with a fixed
         [n_items, table rows] matrix (forward) and its transpose (backward): the same sums as
         ``embedding_bag`` without sorting n_items x n_codebooks indices in every backward pass.
         """
-        table = self.code_table()
-        items = _SparsePooling.apply(table, *self._item_pooling(table.dtype))
+        return _SparsePooling.apply(table, *self._item_pooling(table.dtype))
+
+    def item_embeddings(self) -> torch.Tensor:
+        """[n_items, hidden_size]: mean code embedding (+ ID embedding in ``transductive_ft``)."""
+        items = self._pool_items(self.code_table())
         if self.item_id_embedding is not None:
             items = items + self.item_id_embedding.weight
         return items
@@ -323,7 +326,7 @@ class VQRec(SequentialRecommender):
         """Sequence-item InfoNCE: in-batch targets and one semi-synthetic item per row as negatives;
         other rows sharing the same target item are masked out with -inf."""
         table = self.code_table()
-        items = self._pool_codes(self.item_codes, table)
+        items = self._pool_items(table)
         user = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], items)
         positives = interaction[self.POS_ITEM_ID]
         targets = F.normalize(items[positives], dim=-1)
