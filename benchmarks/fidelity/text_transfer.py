@@ -350,8 +350,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
               f"`python benchmarks/fidelity/text_transfer.py` (see the JSON for every exact command). CPU, "
               f"{args.threads} thread(s) per run; hidden {args.hidden_size}, inner {args.inner_size}, "
               f"{args.n_layers} layers, {args.n_heads} heads, lr {args.learning_rate}, batch {args.train_batch_size}, "
-              f"at most {args.epochs} epochs; full ranking over all items, test metrics of the best-validation "
-              f"epoch.\n\n")
+              f"epochs and users as each setting names them; full ranking over all items, test metrics of the "
+              f"best-validation epoch; run CPU s: the CPU seconds of the whole run (data, training, evaluation), "
+              f"steadier than the wall-clock epoch times on a shared machine.\n\n")
     notes = f"\n{VQREC_CAVEAT}\n" if any(r["model"] == "VQRec" for r in rows) else ""
     write_text(output.with_suffix(".md"), header + summary_table(rows) + notes)
     print(f"wrote {output.with_suffix('.json')} and {output.with_suffix('.md')}")
