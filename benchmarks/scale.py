@@ -7,10 +7,14 @@ at 1 and 2 processes on a subset of ``--run_users`` users while keeping the whol
 item file lists every item, so RecBole's item count, and the [B, n_items] scoring cost, is the
 full one). Per run: seconds per epoch, evaluation seconds, peak RSS of the largest process,
 and the same two times scaled linearly to every user. A run that fails is recorded with its
-error: that is what fails first as the catalogue grows.
+error: that is what fails first as the catalogue grows. ``--dataset_dir`` times an already
+converted dataset instead (every user, e.g. ``dataset/Scientific``). ``--repeats N`` runs the
+model list N times in turn, so that models compared on a shared machine see the same load; the
+table gives each model's mean train time per epoch against SASRec's at the same process count.
 
 Usage: python benchmarks/scale.py [--items 100000] [--users 200000] [--run_users 20000]
-           [--models SASRec VQRec TIGER SAID] [--nproc 1 2] [--out benchmarks/results/scale]
+           [--models SASRec VQRec TIGER SAID] [--nproc 1 2] [--repeats 1] [--out benchmarks/results/scale]
+       python benchmarks/scale.py --dataset_dir dataset/Scientific --models SASRec VQRec --nproc 1
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -114,7 +119,9 @@ def worker(model: str, dataset: str, data_path: str, config_file: str, nproc: in
 
 
 def measure(args, model: str, nproc: int, subset: Path, config_file: Path) -> dict:
-    overrides = {**SIZES, **SMALL_STAGES.get(model, {})}
+    from recbole_llm.profiles import DATASET_PROFILES
+
+    overrides = {**SIZES, **DATASET_PROFILES.get(subset.name, {}), **SMALL_STAGES.get(model, {})}
     command = [sys.executable, __file__, "worker", "--model", model, "--dataset", subset.name,
                "--data_path", str(subset.parent), "--config_file", str(config_file), "--nproc_run", str(nproc),
                "--overrides", json.dumps(overrides)]
@@ -141,6 +148,9 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default="dataset/scale")
     parser.add_argument("--out", default="benchmarks/results/scale")
     parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--dataset_dir", default=None,
+                        help="time this converted dataset (folder with <name>.inter and <name>.yaml), every user")
+    parser.add_argument("--repeats", type=int, default=1, help="run the model list this many times in turn")
     # worker arguments
     parser.add_argument("--model"), parser.add_argument("--dataset"), parser.add_argument("--data_path")
     parser.add_argument("--config_file"), parser.add_argument("--nproc_run", type=int, default=1)
@@ -149,29 +159,35 @@ def main(argv=None) -> None:
     if args.mode == "worker":
         worker(args.model, args.dataset, args.data_path, args.config_file, args.nproc_run, json.loads(args.overrides))
         return
-    work = Path(args.work).resolve()
-    raw, converted = work / "raw", work / f"Synthetic{args.items}"
     started = time.perf_counter()
-    if not (converted / f"{converted.name}.inter").is_file():
-        write_raw(raw, args.items, args.users, args.per_user, args.seed)
-        subprocess.run([sys.executable, "-m", "recbole_llm.convert", "amazon2023", "--input", str(raw),
-                        "--output", str(converted), "--overwrite"], check=True, cwd=str(REPO))
+    if args.dataset_dir:
+        converted = subset = Path(args.dataset_dir).resolve()
+        users = len({line.split("\t", 1)[0] for part in sorted(subset.glob(f"{subset.name}*.inter"))
+                     for line in part.read_text(encoding="utf-8").splitlines()[1:]})
+        args.users = args.run_users = users
+    else:
+        work = Path(args.work).resolve()
+        raw, converted = work / "raw", work / f"Synthetic{args.items}"
+        if not (converted / f"{converted.name}.inter").is_file():
+            write_raw(raw, args.items, args.users, args.per_user, args.seed)
+            subprocess.run([sys.executable, "-m", "recbole_llm.convert", "amazon2023", "--input", str(raw),
+                            "--output", str(converted), "--overwrite"], check=True, cwd=str(REPO))
+        subset = work / f"{converted.name}u{args.run_users}"
+        user_subset(converted, args.run_users, subset)
     prepare_seconds = time.perf_counter() - started
-    subset = work / f"{converted.name}u{args.run_users}"
-    user_subset(converted, args.run_users, subset)
     rows = []
-    for model in args.models:
-        for nproc in args.nproc:
-            row = measure(args, model, nproc, subset, subset / f"{subset.name}.yaml")
-            scale = args.users / args.run_users
-            if "timing" in row:
-                row["train_seconds_per_epoch_all_users"] = round(row["timing"]["train_seconds_per_epoch"] * scale, 1)
-                row["test_eval_seconds_all_users"] = round(row["timing"]["test_eval_seconds"] * scale, 1)
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-    converted_items = sum(1 for _ in open(converted / f"{converted.name}.item", encoding="utf-8")) - 1
-    report = {"items": args.items, "users": args.users, "converted_items": converted_items,
-              "run_users": args.run_users, "per_user": args.per_user,
+    for _ in range(args.repeats):
+        for model in args.models:
+            for nproc in args.nproc:
+                row = measure(args, model, nproc, subset, subset / f"{subset.name}.yaml")
+                scale = args.users / args.run_users
+                if "timing" in row:
+                    row["train_seconds_per_epoch_all_users"] = round(row["timing"]["train_seconds_per_epoch"] * scale, 1)
+                    row["test_eval_seconds_all_users"] = round(row["timing"]["test_eval_seconds"] * scale, 1)
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    report = {"dataset": converted.name, "items": args.items, "users": args.users,
+              "converted_items": item_count(converted), "run_users": args.run_users, "per_user": args.per_user,
               "prepare_seconds": round(prepare_seconds, 1), "rows": rows,
               "command": "python benchmarks/scale.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     out = Path(args.out)
@@ -181,10 +197,56 @@ def main(argv=None) -> None:
     print(markdown(report))
 
 
+def item_count(dataset: Path) -> int:
+    """Items of a converted dataset: rows of its .item file, or distinct items of its .inter files."""
+    item_file = dataset / f"{dataset.name}.item"
+    if item_file.is_file():
+        return sum(1 for _ in open(item_file, encoding="utf-8")) - 1
+    items = set()
+    for part in dataset.glob(f"{dataset.name}*.inter"):
+        for line in part.read_text(encoding="utf-8").splitlines()[1:]:
+            fields = line.split("\t")
+            items.update(token for field in fields[1:] for token in field.split())
+    return len(items)
+
+
+def ratio_lines(rows: list) -> list:
+    """Mean train seconds per epoch (wall clock and the run's CPU) per (model, processes), and their
+    ratios to SASRec's: on a shared machine the CPU time is the steadier of the two."""
+    times: dict = {}
+    for row in rows:
+        if "timing" in row:
+            timing = row["timing"]
+            entry = times.setdefault((row["model"], row["nproc"]), {"wall": [], "cpu": []})
+            entry["wall"].append(timing["train_seconds_per_epoch"])
+            if "train_cpu_seconds_per_epoch" in timing:
+                entry["cpu"].append(timing["train_cpu_seconds_per_epoch"])
+    if not times:
+        return []
+
+    def ratio(values: list, base: list) -> str:
+        return f"{statistics.mean(values) / statistics.mean(base):.2f}" if values and base else ""
+
+    def mean(values: list) -> str:
+        return f"{statistics.mean(values):.2f}" if values else ""
+
+    lines = ["", "| model | processes | runs | mean train s/epoch | x SASRec | mean train CPU s/epoch | x SASRec (CPU) |",
+             "|---|---|---|---|---|---|---|"]
+    for (model, nproc), entry in times.items():
+        base = times.get(("SASRec", nproc), {"wall": [], "cpu": []})
+        lines.append(f"| {model} | {nproc} | {len(entry['wall'])} | {mean(entry['wall'])} | {ratio(entry['wall'], base['wall'])} | "
+                     f"{mean(entry['cpu'])} | {ratio(entry['cpu'], base['cpu'])} |")
+    return lines
+
+
 def markdown(report: dict) -> str:
-    lines = [f"Synthetic catalogue: {report['items']:,} items and {report['users']:,} users generated, "
-             f"{report.get('converted_items', report['items']):,} items after the converter's 5-core filter; runs on "
-             f"the first {report['run_users']:,} users with every item; times scaled linearly to all users.", "",
+    if report.get("dataset", "").startswith("Synthetic") or "dataset" not in report:
+        intro = (f"Synthetic catalogue: {report['items']:,} items and {report['users']:,} users generated, "
+                 f"{report.get('converted_items', report['items']):,} items after the converter's 5-core filter; runs on "
+                 f"the first {report['run_users']:,} users with every item; times scaled linearly to all users.")
+    else:
+        intro = f"{report['dataset']}: {report['converted_items']:,} items, {report['users']:,} users, every user."
+    lines = [intro, "",
              "| model | processes | train s/epoch (run) | train s/epoch (all users) | eval s (run) | eval s (all users) | peak RSS MB | error |",
              "|---|---|---|---|---|---|---|---|"]
     for row in report["rows"]:
@@ -192,7 +254,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['model']} | {row['nproc']} | {timing.get('train_seconds_per_epoch', '')} | "
                      f"{row.get('train_seconds_per_epoch_all_users', '')} | {timing.get('test_eval_seconds', '')} | "
                      f"{row.get('test_eval_seconds_all_users', '')} | {row.get('peak_rss_mb', '')} | {row.get('error', '')} |")
-    return "\n".join(lines) + "\n"
+    lines += ratio_lines(report["rows"])
+    return "\n".join(lines + ["", f"Command: `{report['command']}`"]) + "\n"
 
 
 if __name__ == "__main__":

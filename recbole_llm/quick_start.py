@@ -68,20 +68,23 @@ def state_fingerprint(state_dict: Dict[str, torch.Tensor]) -> str:
 
 
 class _EpochTimer:
-    """Wraps one trainer instance's ``_train_epoch`` to count epochs and their wall time."""
+    """Wraps one trainer instance's ``_train_epoch`` to count epochs, their wall time and this
+    process's CPU time in them (on a shared machine the wall time follows the other jobs' load)."""
 
     def __init__(self, trainer) -> None:
         self.epochs = 0
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
         self._train_epoch = trainer._train_epoch
         trainer._train_epoch = self
 
     def __call__(self, *args, **kwargs):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             return self._train_epoch(*args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - start
+            self.cpu_seconds += time.process_time() - cpu_start
             self.epochs += 1
 
 
@@ -128,6 +131,7 @@ def _train_and_test(config: Config, saved: bool, verbose: bool = True) -> Dict[s
             "setup_seconds": round(setup_seconds, 3),
             "epochs": epoch_timer.epochs,
             "train_seconds_per_epoch": round(epoch_timer.seconds / max(epoch_timer.epochs, 1), 3),
+            "train_cpu_seconds_per_epoch": round(epoch_timer.cpu_seconds / max(epoch_timer.epochs, 1), 3),
             "test_eval_seconds": round(test_seconds, 3),
         },
         "test_per_user": test_per_user,

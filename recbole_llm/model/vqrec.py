@@ -24,7 +24,8 @@ are mapped to ours (:func:`from_official_state`).
 """
 from __future__ import annotations
 
-from typing import List
+import warnings
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -112,6 +113,34 @@ def hard_assignment(scores: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.stack(columns), device=scores.device).reshape(scores.shape[:-1])
 
 
+def mean_pooling_matrices(codes: torch.Tensor, n_rows: int, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sparse CSR matrices ``P`` [n, n_rows] and ``P.T`` with ``P @ table`` equal to
+    ``F.embedding_bag(codes, table, mode="mean", padding_idx=0)``: row ``i`` averages the table
+    rows of its non-zero codes (a row of only padding codes is zero)."""
+    present = codes != 0
+    items, slots = present.nonzero(as_tuple=True)
+    counts = present.sum(dim=1).clamp(min=1).to(dtype)
+    indices = torch.stack([items, codes[items, slots]])
+    pool = torch.sparse_coo_tensor(indices, 1.0 / counts[items], (len(codes), n_rows), check_invariants=True).coalesce()
+    with warnings.catch_warnings():  # torch calls its CSR layout beta; these two products are all we use
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return pool.to_sparse_csr(), pool.t().coalesce().to_sparse_csr()
+
+
+class _SparsePooling(torch.autograd.Function):
+    """``pool @ table`` whose backward is ``pool_t @ grad`` with the transpose built once, not per step."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, pool: torch.Tensor, pool_t: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(pool_t)
+        return pool @ table
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (pool_t,) = ctx.saved_tensors
+        return pool_t @ grad, None, None
+
+
 class CodePermutation(nn.Module):
     """Learnable permutation of each sub-codebook's ``codebook_size`` code embeddings.
 
@@ -176,6 +205,7 @@ class VQRec(SequentialRecommender):
                 self.n_codebooks, self.codebook_size, config["sinkhorn_tau"], config["sinkhorn_iter"]
             )
         self.register_buffer("permutation_active", torch.tensor(False))
+        self._pooling = None  # (key, P, P.T) of item_codes; see _item_pooling
         if config["pretrained_file"]:
             self.load_pretrained(config["pretrained_file"])
 
@@ -235,9 +265,27 @@ class VQRec(SequentialRecommender):
     def _pool_codes(self, codes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         return F.embedding_bag(codes, table, mode="mean", padding_idx=0)
 
+    def _item_pooling(self, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The sparse mean-pooling matrices of ``item_codes``, rebuilt only when the codes (their
+        storage, device or version: loading a state dict bumps it) or the dtype change."""
+        codes = self.item_codes
+        key = (codes.device, codes.data_ptr(), codes._version, dtype)
+        if self._pooling is None or self._pooling[0] != key:
+            self._pooling = (key, *mean_pooling_matrices(codes, self.code_embedding.num_embeddings, dtype))
+        return self._pooling[1], self._pooling[2]
+
+    def _pool_items(self, table: torch.Tensor) -> torch.Tensor:
+        """[n_items, hidden_size]: every item's mean code embedding from ``table``.
+
+        Every item is pooled at each step, so the pooling is a sparse product with a fixed
+        [n_items, table rows] matrix (forward) and its transpose (backward): the same sums as
+        ``embedding_bag`` without sorting n_items x n_codebooks indices in every backward pass.
+        """
+        return _SparsePooling.apply(table, *self._item_pooling(table.dtype))
+
     def item_embeddings(self) -> torch.Tensor:
         """[n_items, hidden_size]: mean code embedding (+ ID embedding in ``transductive_ft``)."""
-        items = self._pool_codes(self.item_codes, self.code_table())
+        items = self._pool_items(self.code_table())
         if self.item_id_embedding is not None:
             items = items + self.item_id_embedding.weight
         return items
@@ -261,9 +309,10 @@ class VQRec(SequentialRecommender):
         if self.train_stage == "pretrain":
             return self._contrastive_loss(interaction)
         user, items = self._user_and_items(interaction)
-        logits = user @ items.t() / self.temperature
-        logits[:, 0] = float("-inf")  # the padding item is never a target
-        return F.cross_entropy(logits, interaction[self.POS_ITEM_ID])
+        # Items 1..n only (the padding item 0 is never a target: a -inf column in effect), and the
+        # temperature divides the [B, hidden] users, not the [B, n_items] logits.
+        logits = (user / self.temperature) @ items[1:].t()
+        return F.cross_entropy(logits, interaction[self.POS_ITEM_ID] - 1)
 
     def semi_synthetic_items(self, positives: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """Hard negatives [B, hidden_size]: each code of a positive item is replaced by a random
@@ -277,7 +326,7 @@ class VQRec(SequentialRecommender):
         """Sequence-item InfoNCE: in-batch targets and one semi-synthetic item per row as negatives;
         other rows sharing the same target item are masked out with -inf."""
         table = self.code_table()
-        items = self._pool_codes(self.item_codes, table)
+        items = self._pool_items(table)
         user = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], items)
         positives = interaction[self.POS_ITEM_ID]
         targets = F.normalize(items[positives], dim=-1)
@@ -293,11 +342,11 @@ class VQRec(SequentialRecommender):
     # ----- evaluation -------------------------------------------------------------------------
     def predict(self, interaction) -> torch.Tensor:
         user, items = self._user_and_items(interaction)
-        return (user * items[interaction[self.ITEM_ID]]).sum(dim=-1) / self.temperature
+        return ((user / self.temperature) * items[interaction[self.ITEM_ID]]).sum(dim=-1)
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
         user, items = self._user_and_items(interaction)
-        return user @ items.t() / self.temperature
+        return (user / self.temperature) @ items.t()
 
     # ----- transfer from a pre-trained checkpoint ------------------------------------------
     def load_pretrained(self, path: str) -> List[str]:
