@@ -113,3 +113,17 @@ def test_release_metric_names_and_tie_rule(fidelity):
     assert metrics["hit@1"] == 0.0  # a tie counts against the target
     assert metrics["hit@5"] == 1.0
     assert metrics["ndcg@5"] == pytest.approx((1 / np.log2(3) + 1 / np.log2(3)) / 2)
+
+
+def test_bm25_baseline_ranks_the_matching_item_first():
+    spec = importlib.util.spec_from_file_location("unisar_office", SCRIPT.parents[1] / "unisar_office.py")
+    office = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(office)
+    texts = {"a": ["red", "pen"], "b": ["blue", "paper"], "c": ["red", "paper"], "d": ["stapler"],
+             **{f"filler{i}": ["box", str(i)] for i in range(6)}}  # IDF over the catalogue: 'red' is rare
+    scores = office.bm25_scores(texts, [["red", "pen"], ["stapler"]], [["b", "a", "c"], ["a", "b", "d"]])
+    assert scores.shape == (2, 3)
+    assert scores[0].argmax() == 1 and scores[0, 2] > scores[0, 0] == 0.0  # 'c' shares one word, 'b' none
+    assert scores[1].argmax() == 2
+    metrics = office.rank_metrics(scores, np.array([1, 2]))
+    assert metrics["hit@1"] == 1.0

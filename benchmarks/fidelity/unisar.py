@@ -493,9 +493,9 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k in ("side", "seed", "ndcg@10", "search_ndcg@10",
                                                                     "train_seconds_per_epoch")}), flush=True)
-    report = {"rows": rows, "release_rows": counts, "data": f"{args.data} -> amazon_search (search_ratio 0.5, seed 2020)",
-              "command": command}
-    write_outputs(args.out, report, setting)
+            report = {"rows": rows, "release_rows": counts, "command": command,
+                      "data": f"{args.data} -> amazon_search (search_ratio 0.5, seed 2020)"}
+            write_outputs(args.out, report, setting)  # after every run: a stopped run keeps what it finished
 
 
 def write_outputs(out: Path, report: dict, setting: str) -> None:
