@@ -11,7 +11,7 @@ the item text UniSAR reads (title words) and once with title + category words (t
 queries are made of the target's category words, so that variant is close to an oracle).
 Metrics HR and NDCG @1, 5, 10, 20 (ties count against the target).
 
-Usage: python benchmarks/unisar_office.py [--epochs 8] [--baseline-epochs 15] [--history-length 10]
+Usage: python benchmarks/unisar_office.py [--epochs 8] [--baseline-epochs 15] [--history-length 10] [--baselines SASRec]
        python benchmarks/unisar_office.py --bm25-only   (adds the BM25 rows to an existing result)
 Writes benchmarks/results/unisar_office.{json,md}.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -166,6 +167,8 @@ def main() -> None:
     parser.add_argument("--baseline-epochs", type=int, default=15, help="SASRec/BERT4Rec epochs (early stopping 3)")
     parser.add_argument("--history-length", type=int, default=10, help="UniSAR: last N rec items and N searches")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared cores)")
+    parser.add_argument("--baselines", nargs="*", default=["SASRec", "BERT4Rec"], choices=["SASRec", "BERT4Rec"],
+                        help="RecBole models ranked on UniSAR's rec test candidates")
     parser.add_argument("--bm25-only", action="store_true",
                         help="add the BM25 search rows to the existing results (no training)")
     args = parser.parse_args()
@@ -190,7 +193,7 @@ def main() -> None:
     users, candidates, scores, positives = unisar_rows[REC]
     targets = {u: (c, int(p)) for u, c, p in zip(users, candidates, positives)}
     report = {
-        "command": "python benchmarks/unisar_office.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+        "command": "python benchmarks/unisar_office.py " + shlex.join(sys.argv[1:]),
         "data": f"{args.data} -> semi-synthetic OfficeSearch (search_ratio 0.5, seed 2020)",
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "recbole": recbole.__version__},
         "protocol": "leave-one-out per behaviour kind; fixed uni99 candidates; HR/NDCG, ties count against the target",
@@ -202,7 +205,7 @@ def main() -> None:
                        "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id"]}}
     dropout = {"SASRec": {"hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5}, "BERT4Rec": {}}
     common = set(targets)
-    for name in ("SASRec", "BERT4Rec"):
+    for name in args.baselines:
         result = run_recbole_llm(name, config_dict={**baseline_config, **dropout[name]})
         b_users, b_scores, b_positives = baseline_scores(result["saved_model_file"], targets)
         common &= set(b_users)
