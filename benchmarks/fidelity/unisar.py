@@ -316,6 +316,20 @@ def load_mixed(yaml_file: Path, args: argparse.Namespace, work: Path):
     return create_dataset(config)
 
 
+def _release_rows_dataset():
+    """``SearchRecDataset`` whose training rows are only those the release can take (both history kinds)."""
+    from recbole_llm.data.search_dataset import HISTORY_KIND, REC, SEARCH, SearchRecDataset
+
+    class ReleaseRowsDataset(SearchRecDataset):
+        def build(self):
+            train, valid, test = super().build()
+            kinds = train.inter_feat[HISTORY_KIND]
+            keep = (kinds == REC).any(1) & (kinds == SEARCH).any(1)
+            return [train.copy(train.inter_feat[keep]), valid, test]
+
+    return ReleaseRowsDataset
+
+
 def run_ours(yaml_file: Path, args: argparse.Namespace, work: Path, seed: int) -> Dict[str, Any]:
     """Train ours; test metrics on the rows the release keeps and on all test rows."""
     import torch
@@ -323,9 +337,12 @@ def run_ours(yaml_file: Path, args: argparse.Namespace, work: Path, seed: int) -
     from recbole_llm.data.search_dataset import (
         CANDIDATES, HISTORY_KIND, POSITIVE_INDEX, REC, SEARCH, TARGET_KIND,
     )
+    from recbole_llm.model.unisar import UniSAR
     from recbole_llm.quick_start import load_data_and_model, run_recbole_llm
 
     torch.set_num_threads(1)
+    if args.ours_train_rows == "release":  # this process only: a diagnostic of the release's row filter
+        UniSAR.dataset_class = _release_rows_dataset()
     result = run_recbole_llm(MODEL, config_file_list=[str(yaml_file)], config_dict=ours_config(args, work, seed))
     _, model, _, _, _, test_data = load_data_and_model(result["saved_model_file"])
     model.eval()
@@ -413,25 +430,37 @@ def write_subset(data: Path, users: Optional[int], work: Path) -> Path:
     return raw
 
 
+VARIANTS = {"ours": "ours", "ours, release rows": "ours, trained on the release's rows", "official": "official"}
+
+
+def variant(row: dict) -> str:
+    """``ours``, ``ours, release rows`` (trained only on the rows the release takes) or ``official``."""
+    if row["side"] == "ours" and row.get("ours_train_rows") == "release":
+        return "ours, release rows"
+    return row["side"]
+
+
 def summarise(rows: List[dict]) -> str:
     metrics = [f"{p}{m}@{k}" for p in ("", "search_") for m in ("hit", "ndcg") for k in (1, 5, 10, 20)]
     lines = ["| side | seeds | " + " | ".join(metrics) + " | s/epoch |", "|---|---|" + "---|" * (len(metrics) + 1)]
     means = {}
-    for side in ("ours", "official"):
-        part = [r for r in rows if r["side"] == side]
+    for name, label in VARIANTS.items():
+        part = [r for r in rows if variant(r) == name]
         if not part:
             continue
         cells = []
         for metric in metrics + ["train_seconds_per_epoch"]:
             values = [r[metric] for r in part if r.get(metric) is not None]
             mean = statistics.mean(values) if values else float("nan")
-            means[(side, metric)] = mean
+            means[(name, metric)] = mean
             spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
             cells.append(f"{mean:.4f}{spread}" if metric != "train_seconds_per_epoch" else f"{mean:.1f}")
-        lines.append(f"| {side} | {len(part)} | " + " | ".join(cells) + " |")
-    if ("ours", "ndcg@10") in means and ("official", "ndcg@10") in means:
-        ratio = [f"{means[('ours', m)] / means[('official', m)]:.3f}" if means[("official", m)] else "n/a" for m in metrics]
-        lines.append("| ours / official | | " + " | ".join(ratio) + " | |")
+        lines.append(f"| {label} | {len(part)} | " + " | ".join(cells) + " |")
+    for name in ("ours", "ours, release rows"):
+        if (name, "ndcg@10") in means and ("official", "ndcg@10") in means:
+            ratio = [f"{means[(name, m)] / means[('official', m)]:.3f}" if means[("official", m)] else "n/a"
+                     for m in metrics]
+            lines.append(f"| {VARIANTS[name]} / official | | " + " | ".join(ratio) + " | |")
     return "\n".join(lines)
 
 
@@ -447,6 +476,9 @@ def main() -> None:
     parser.add_argument("--train_negatives", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=256, help="recommendation rows per training step")
     parser.add_argument("--sides", nargs="+", default=["ours", "official"], choices=["ours", "official"])
+    parser.add_argument("--ours_train_rows", default="all", choices=["all", "release"],
+                        help="'release': ours trains only on the rows the release can take (a diagnostic)")
+    parser.add_argument("--append", action="store_true", help="keep the rows of an existing result file")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fidelity_unisar"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
@@ -470,6 +502,8 @@ def main() -> None:
                f"{args.history_length}+{args.history_length}, uni99, id-only items")
     command = "python benchmarks/fidelity/unisar.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     rows: List[dict] = []
+    if args.append and (args.out / "fidelity_unisar.json").is_file():
+        rows = json.loads((args.out / "fidelity_unisar.json").read_text(encoding="utf-8"))["rows"]
     official_copy = None
     if "official" in args.sides and args.unisar and (args.unisar / "main.py").is_file():
         sizes = {"item_id_num": dataset.item_num, "user_id_num": dataset.user_num,
@@ -484,7 +518,7 @@ def main() -> None:
             if side == "official" and official_copy is None:
                 continue
             if side == "ours":
-                run = run_ours(yaml_file, args, work, seed)
+                run = {**run_ours(yaml_file, args, work, seed), "ours_train_rows": args.ours_train_rows}
             else:
                 run = run_official(official_copy, args.unisar_python, seed, work)
             row = {"model": MODEL, "setting": setting, "side": side, "seed": seed, **run.pop("metrics"),
@@ -513,7 +547,7 @@ def write_outputs(out: Path, report: dict, setting: str) -> None:
           f"can take ({kept}), mean ± std over seeds:\n", summarise(report["rows"]), "",
           f"Rows dropped from the release's pickles (a user without history of one behaviour kind): {dropped}.",
           "Ours on all of its test rows: " + "; ".join(
-              f"seed {r['seed']}: ndcg@10 {r['all_test_rows']['ndcg@10']:.4f}, search_ndcg@10 "
+              f"{VARIANTS[variant(r)]} seed {r['seed']}: ndcg@10 {r['all_test_rows']['ndcg@10']:.4f}, search_ndcg@10 "
               f"{r['all_test_rows']['search_ndcg@10']:.4f}" for r in report["rows"] if r["side"] == "ours"), ""]
     atomic_write(out / "fidelity_unisar.md", text_writer("\n".join(md) + "\n"))
     print("\n".join(md))
