@@ -416,6 +416,41 @@ def run_official(copy: Path, python: str, seed: int, work: Path) -> Dict[str, An
             "wall_seconds": round(time.time() - started, 1), "command": shlex.join(command)}
 
 
+def _office_benchmark():
+    """benchmarks/unisar_office.py as a module (its rec-only writer and its baseline scorer)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("unisar_office", REPO / "benchmarks" / "unisar_office.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_sasrec(mixed: Path, dataset, test_rows: List[dict], args: argparse.Namespace, work: Path, seed: int) -> Dict[str, Any]:
+    """SASRec (RecBole) on the recommendation events alone, scored on the rec test rows the release keeps.
+
+    Settings as in benchmarks/unisar_office.py (hidden 64, 2 layers, 2 heads, 20 items, dropout 0.5,
+    CE loss) with this run's epochs, seed and one thread.
+    """
+    from recbole_llm.quick_start import run_recbole_llm
+
+    office = _office_benchmark()
+    office.write_rec_only(mixed, work / "dataset" / "OfficeSearchRec")
+    users, items = dataset.field2id_token[dataset.uid_field], dataset.field2id_token[dataset.iid_field]
+    targets = {users[row["user_id"]]: ([items[row["item_id"]]] + [items[i] for i in row["neg_items"]], 0)
+               for row in test_rows}
+    config = {"seed": seed, "show_progress": False, "state": "INFO", "hidden_size": 64, "n_layers": 2, "n_heads": 2,
+              "inner_size": 256, "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "MAX_ITEM_LIST_LENGTH": 20,
+              "train_batch_size": 2 * args.batch_size, "eval_batch_size": 512, "epochs": args.epochs,
+              "stopping_step": args.epochs + 1, "dataset": "OfficeSearchRec", "data_path": str(work / "dataset"),
+              "checkpoint_dir": str(work / "saved"),
+              "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id"]}}
+    result = run_recbole_llm("SASRec", config_dict=config)
+    scored_users, scores, positives = office.baseline_scores(result["saved_model_file"], targets)
+    return {"model": "SASRec", "seed": seed, **rank_metrics(scores, positives), "targets": len(scored_users),
+            "epochs": result["timing"]["epochs"], "train_seconds_per_epoch": result["timing"]["train_seconds_per_epoch"]}
+
+
 # ----- data ---------------------------------------------------------------------------------------
 def write_subset(data: Path, users: Optional[int], work: Path) -> Path:
     """LC-Rec json of the first ``users`` users (all when None) and the items they touch."""
@@ -475,10 +510,13 @@ def main() -> None:
     parser.add_argument("--history_length", type=int, default=10)
     parser.add_argument("--train_negatives", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=256, help="recommendation rows per training step")
-    parser.add_argument("--sides", nargs="+", default=["ours", "official"], choices=["ours", "official"])
+    parser.add_argument("--sides", nargs="*", default=["ours", "official"], choices=["ours", "official"],
+                        help="sides to run (none: only --sasrec)")
     parser.add_argument("--ours_train_rows", default="all", choices=["all", "release"],
                         help="'release': ours trains only on the rows the release can take (a diagnostic)")
     parser.add_argument("--append", action="store_true", help="keep the rows of an existing result file")
+    parser.add_argument("--sasrec", action="store_true",
+                        help="also SASRec on the rec events, ranking the same rec test candidates (a reference)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fidelity_unisar"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
@@ -495,15 +533,18 @@ def main() -> None:
     dataset = load_mixed(yaml_file, args, work)
     events = dataset_events(dataset)
     release_data = work / "release_data"
-    counts = write_release_format(release_data, events, dataset_candidates(dataset, events, 99, 2020),
-                                  dataset.item_num, dataset.user_num, 16, 1, args.train_negatives, args.seeds[0])
+    candidates = dataset_candidates(dataset, events, 99, 2020)
+    counts = write_release_format(release_data, events, candidates, dataset.item_num, dataset.user_num, 16, 1,
+                                  args.train_negatives, args.seeds[0])
     print("release pickles:", counts, flush=True)
     setting = (f"semi-synthetic Office, first {args.users or 'all'} users, {args.epochs} epochs, history "
                f"{args.history_length}+{args.history_length}, uni99, id-only items")
     command = "python benchmarks/fidelity/unisar.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     rows: List[dict] = []
+    reference: List[dict] = []
     if args.append and (args.out / "fidelity_unisar.json").is_file():
-        rows = json.loads((args.out / "fidelity_unisar.json").read_text(encoding="utf-8"))["rows"]
+        previous = json.loads((args.out / "fidelity_unisar.json").read_text(encoding="utf-8"))
+        rows, reference = previous["rows"], previous.get("reference_rows", [])
     official_copy = None
     if "official" in args.sides and args.unisar and (args.unisar / "main.py").is_file():
         sizes = {"item_id_num": dataset.item_num, "user_id_num": dataset.user_num,
@@ -513,7 +554,15 @@ def main() -> None:
         official_copy = prepare_official(args.unisar.resolve(), work, release_data.resolve(), sizes, args)
     elif "official" in args.sides:
         print(f"no UniSAR checkout at {args.unisar}: the official side is skipped", flush=True)
+    if args.sasrec:
+        _, tables = release_tables(events, candidates, args.train_negatives, dataset.item_num, args.seeds[0])
+        kept = [r for r in tables["rec"][TEST] if r["rec_his"] > 0 and r["src_session_his"] > 0]
     for seed in args.seeds:
+        if args.sasrec:
+            reference.append({**run_sasrec(mixed, dataset, kept, args, work, seed), "command": command})
+            print(json.dumps({k: reference[-1][k] for k in ("model", "seed", "ndcg@10", "targets")}), flush=True)
+            write_outputs(args.out, {"rows": rows, "reference_rows": reference, "release_rows": counts,
+                                     "command": command}, setting)
         for side in args.sides:
             if side == "official" and official_copy is None:
                 continue
@@ -527,7 +576,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k in ("side", "seed", "ndcg@10", "search_ndcg@10",
                                                                     "train_seconds_per_epoch")}), flush=True)
-            report = {"rows": rows, "release_rows": counts, "command": command,
+            report = {"rows": rows, "reference_rows": reference, "release_rows": counts, "command": command,
                       "data": f"{args.data} -> amazon_search (search_ratio 0.5, seed 2020)"}
             write_outputs(args.out, report, setting)  # after every run: a stopped run keeps what it finished
 
@@ -549,6 +598,17 @@ def write_outputs(out: Path, report: dict, setting: str) -> None:
           "Ours on all of its test rows: " + "; ".join(
               f"{VARIANTS[variant(r)]} seed {r['seed']}: ndcg@10 {r['all_test_rows']['ndcg@10']:.4f}, search_ndcg@10 "
               f"{r['all_test_rows']['search_ndcg@10']:.4f}" for r in report["rows"] if r["side"] == "ours"), ""]
+    if report.get("reference_rows"):
+        md += ["Reference: SASRec (RecBole) trained on the recommendation events alone, ranking the same rec test "
+               "candidates of the rows above:\n", "| model | seeds | hit@10 | ndcg@5 | ndcg@10 | ndcg@20 | s/epoch |",
+               "|---|---|---|---|---|---|---|"]
+        part = report["reference_rows"]
+        cells = []
+        for metric in ("hit@10", "ndcg@5", "ndcg@10", "ndcg@20", "train_seconds_per_epoch"):
+            values = [r[metric] for r in part]
+            spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.4f}{spread}")
+        md += [f"| SASRec | {len(part)} | " + " | ".join(cells) + " |", ""]
     atomic_write(out / "fidelity_unisar.md", text_writer("\n".join(md) + "\n"))
     print("\n".join(md))
 
