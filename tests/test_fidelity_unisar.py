@@ -129,16 +129,18 @@ def test_bm25_baseline_ranks_the_matching_item_first():
     assert metrics["hit@1"] == 1.0
 
 
-def test_release_rows_diagnostic_trains_on_the_rows_the_release_keeps(search_data, tmp_path, fidelity):
+def test_train_needs_both_kinds_keeps_the_rows_the_release_keeps(search_data, tmp_path, fidelity):
     config, dataset = _dataset(search_data)
     events = fidelity.dataset_events(dataset)
     counts = fidelity.write_release_format(
         tmp_path / "release", events, fidelity.dataset_candidates(dataset, events, config["eval_negatives"], 2020),
         dataset.item_num, dataset.user_num, 16, 1, train_negatives=3, seed=7)
-    filtered = fidelity._release_rows_dataset()(config)
-    train, valid, test = data_preparation(config, filtered)
+    config["train_needs_both_kinds"] = True
+    train, valid, test = data_preparation(config, create_dataset(config))
     kinds = train.dataset.inter_feat[HISTORY_KIND]
     assert bool(((kinds == REC).any(1) & (kinds == SEARCH).any(1)).all())
     assert len(train.dataset.inter_feat) == counts["rec_train"]["rows"] + counts["src_train"]["rows"]
-    full_test = data_preparation(config, create_dataset(config))[2]
+    config["train_needs_both_kinds"] = False
+    full_train, _, full_test = data_preparation(config, create_dataset(config))
+    assert len(full_train.dataset.inter_feat) > len(train.dataset.inter_feat)
     assert len(test.dataset.inter_feat) == len(full_test.dataset.inter_feat)  # evaluation rows untouched

@@ -303,7 +303,7 @@ def ours_config(args: argparse.Namespace, work: Path, seed: int) -> Dict[str, An
     return {**config, "train_batch_size": 2 * s["rec_batch_size"], "eval_batch_size": 512, "seed": seed,
             "stopping_step": args.epochs + 1, "multi_task": "PLE", "n_shared_experts": 4, "n_task_experts": 4,
             "expert_size": 64, "tower_sizes": [128, 64, 200, 80], "show_progress": False, "state": "INFO",
-            "checkpoint_dir": str(work / "saved"),
+            "checkpoint_dir": str(work / "saved"), "train_needs_both_kinds": args.ours_train_rows == "release",
             "load_col": {"inter": ["user_id", "item_id", "timestamp", "behavior", "query", "session_items"],
                          "item": ["item_id"]}}
 
@@ -316,20 +316,6 @@ def load_mixed(yaml_file: Path, args: argparse.Namespace, work: Path):
     return create_dataset(config)
 
 
-def _release_rows_dataset():
-    """``SearchRecDataset`` whose training rows are only those the release can take (both history kinds)."""
-    from recbole_llm.data.search_dataset import HISTORY_KIND, REC, SEARCH, SearchRecDataset
-
-    class ReleaseRowsDataset(SearchRecDataset):
-        def build(self):
-            train, valid, test = super().build()
-            kinds = train.inter_feat[HISTORY_KIND]
-            keep = (kinds == REC).any(1) & (kinds == SEARCH).any(1)
-            return [train.copy(train.inter_feat[keep]), valid, test]
-
-    return ReleaseRowsDataset
-
-
 def run_ours(yaml_file: Path, args: argparse.Namespace, work: Path, seed: int) -> Dict[str, Any]:
     """Train ours; test metrics on the rows the release keeps and on all test rows."""
     import torch
@@ -337,12 +323,9 @@ def run_ours(yaml_file: Path, args: argparse.Namespace, work: Path, seed: int) -
     from recbole_llm.data.search_dataset import (
         CANDIDATES, HISTORY_KIND, POSITIVE_INDEX, REC, SEARCH, TARGET_KIND,
     )
-    from recbole_llm.model.unisar import UniSAR
     from recbole_llm.quick_start import load_data_and_model, run_recbole_llm
 
     torch.set_num_threads(1)
-    if args.ours_train_rows == "release":  # this process only: a diagnostic of the release's row filter
-        UniSAR.dataset_class = _release_rows_dataset()
     result = run_recbole_llm(MODEL, config_file_list=[str(yaml_file)], config_dict=ours_config(args, work, seed))
     _, model, _, _, _, test_data = load_data_and_model(result["saved_model_file"])
     model.eval()
@@ -513,7 +496,7 @@ def main() -> None:
     parser.add_argument("--sides", nargs="*", default=["ours", "official"], choices=["ours", "official"],
                         help="sides to run (none: only --sasrec)")
     parser.add_argument("--ours_train_rows", default="all", choices=["all", "release"],
-                        help="'release': ours trains only on the rows the release can take (a diagnostic)")
+                        help="'release': ours trains only on the rows the release can take (train_needs_both_kinds)")
     parser.add_argument("--append", action="store_true", help="keep the rows of an existing result file")
     parser.add_argument("--sasrec", action="store_true",
                         help="also SASRec on the rec events, ranking the same rec test candidates (a reference)")
