@@ -169,6 +169,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on shared cores)")
     parser.add_argument("--baselines", nargs="*", default=["SASRec", "BERT4Rec"], choices=["SASRec", "BERT4Rec"],
                         help="RecBole models ranked on UniSAR's rec test candidates")
+    parser.add_argument("--train-needs-both-kinds", action="store_true",
+                        help="UniSAR trains only on targets whose history holds both behaviour kinds")
+    parser.add_argument("--name", default="unisar_office", help="results file name (benchmarks/results/<name>.json/.md)")
     parser.add_argument("--bm25-only", action="store_true",
                         help="add the BM25 search rows to the existing results (no training)")
     args = parser.parse_args()
@@ -178,17 +181,18 @@ def main() -> None:
                     overwrite=True).path
     raw_items = Path(args.data) / "Office.item.json"
     if args.bm25_only:
-        report = json.loads((RESULTS / "unisar_office.json").read_text())
+        report = json.loads((RESULTS / f"{args.name}.json").read_text())
         dataset, test_data = search_dataset(mixed, args.history_length)
         report["search_baselines"] = bm25_baselines(dataset, test_data, raw_items)
         report["bm25_command"] = f"python benchmarks/unisar_office.py --bm25-only --data {args.data}"
-        write_results(report)
+        write_results(report, args.name)
         return
     write_rec_only(mixed, data_root / "OfficeSearchRec")
 
     start = time.time()
     unisar = run_recbole_llm("UniSAR", config_file_list=[str(mixed / "OfficeSearch.yaml")],
-                             config_dict={**SHARED, "epochs": args.epochs, "history_length": args.history_length})
+                             config_dict={**SHARED, "epochs": args.epochs, "history_length": args.history_length,
+                                          "train_needs_both_kinds": args.train_needs_both_kinds})
     unisar_rows = unisar_test_scores(unisar["saved_model_file"])
     users, candidates, scores, positives = unisar_rows[REC]
     targets = {u: (c, int(p)) for u, c, p in zip(users, candidates, positives)}
@@ -198,6 +202,7 @@ def main() -> None:
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "recbole": recbole.__version__},
         "protocol": "leave-one-out per behaviour kind; fixed uni99 candidates; HR/NDCG, ties count against the target",
         "history_length": args.history_length,
+        "unisar_train_needs_both_kinds": args.train_needs_both_kinds,
         "models": {},
     }
     baseline_config = {**SHARED, "epochs": args.baseline_epochs, "MAX_ITEM_LIST_LENGTH": 20, "dataset": "OfficeSearchRec",
@@ -229,7 +234,7 @@ def main() -> None:
     _, _, dataset, _, _, test_data = load_data_and_model(unisar["saved_model_file"])
     report["search_baselines"] = bm25_baselines(dataset, test_data, raw_items)
     report["wall_seconds"] = round(time.time() - start, 1)
-    write_results(report)
+    write_results(report, args.name)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -239,10 +244,12 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, write)
 
 
-def write_results(report: dict) -> None:
-    _write_text(RESULTS / "unisar_office.json", json.dumps(report, indent=2))
+def write_results(report: dict, name: str) -> None:
+    _write_text(RESULTS / f"{name}.json", json.dumps(report, indent=2))
     lines = [f"# UniSAR on semi-synthetic Office (CPU)\n", f"command: `{report['command']}`  ",
              f"data: {report['data']}  ", f"versions: {report['versions']}  ", f"protocol: {report['protocol']}\n",
+             *([f"UniSAR trains only on targets whose history holds both behaviour kinds: "
+                f"{report['unisar_train_needs_both_kinds']}\n"] if "unisar_train_needs_both_kinds" in report else []),
              f"Recommendation, the {report['common_rec_targets']} test targets all models share:\n",
              "| model | HR@1 | HR@5 | HR@10 | HR@20 | NDCG@5 | NDCG@10 | NDCG@20 | epochs | s/epoch |", "|---|" + "---|" * 9]
     for name, e in report["models"].items():
@@ -263,7 +270,7 @@ def write_results(report: dict) -> None:
     if "bm25_command" in report:
         lines.append(f"BM25 rows added by `{report['bm25_command']}`.")
     text = "\n".join(lines) + "\n"
-    _write_text(RESULTS / "unisar_office.md", text)
+    _write_text(RESULTS / f"{name}.md", text)
     print(text)
 
 
