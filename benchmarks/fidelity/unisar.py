@@ -525,9 +525,11 @@ def main() -> None:
     command = "python benchmarks/fidelity/unisar.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     rows: List[dict] = []
     reference: List[dict] = []
+    commands = [command]
     if args.append and (args.out / "fidelity_unisar.json").is_file():
         previous = json.loads((args.out / "fidelity_unisar.json").read_text(encoding="utf-8"))
         rows, reference = previous["rows"], previous.get("reference_rows", [])
+        commands = previous.get("commands", [previous["command"]]) + commands
     official_copy = None
     if "official" in args.sides and args.unisar and (args.unisar / "main.py").is_file():
         sizes = {"item_id_num": dataset.item_num, "user_id_num": dataset.user_num,
@@ -545,7 +547,7 @@ def main() -> None:
             reference.append({**run_sasrec(mixed, dataset, kept, args, work, seed), "command": command})
             print(json.dumps({k: reference[-1][k] for k in ("model", "seed", "ndcg@10", "targets")}), flush=True)
             write_outputs(args.out, {"rows": rows, "reference_rows": reference, "release_rows": counts,
-                                     "command": command}, setting)
+                                     "command": command, "commands": commands}, setting)
         for side in args.sides:
             if side == "official" and official_copy is None:
                 continue
@@ -560,6 +562,7 @@ def main() -> None:
             print(json.dumps({k: v for k, v in row.items() if k in ("side", "seed", "ndcg@10", "search_ndcg@10",
                                                                     "train_seconds_per_epoch")}), flush=True)
             report = {"rows": rows, "reference_rows": reference, "release_rows": counts, "command": command,
+                      "commands": commands,
                       "data": f"{args.data} -> amazon_search (search_ratio 0.5, seed 2020)"}
             write_outputs(args.out, report, setting)  # after every run: a stopped run keeps what it finished
 
@@ -574,7 +577,7 @@ def write_outputs(out: Path, report: dict, setting: str) -> None:
     kept = {k: v["rows"] for k, v in report["release_rows"].items() if k.endswith("_test")}
     dropped = {k: v["dropped"] for k, v in report["release_rows"].items()}
     md = [f"# UniSAR beside its release (TengShi-RUC/UniSAR @1a14a24)\n", f"setting: {setting}  ",
-          f"command: `{report['command']}`\n",
+          *[f"command: `{c}`  " for c in report.get("commands", [report["command"]])], "",
           "Recommendation (hit/ndcg) and search (search_hit/search_ndcg) test metrics on the test rows the release "
           f"can take ({kept}), mean ± std over seeds:\n", summarise(report["rows"]), "",
           f"Rows dropped from the release's pickles (a user without history of one behaviour kind): {dropped}.",
@@ -583,7 +586,9 @@ def write_outputs(out: Path, report: dict, setting: str) -> None:
               f"{r['all_test_rows']['search_ndcg@10']:.4f}" for r in report["rows"] if r["side"] == "ours"), ""]
     if report.get("reference_rows"):
         md += ["Reference: SASRec (RecBole) trained on the recommendation events alone, ranking the same rec test "
-               "candidates of the rows above:\n", "| model | seeds | hit@10 | ndcg@5 | ndcg@10 | ndcg@20 | s/epoch |",
+               f"candidates of the rows above ({report['reference_rows'][0]['targets']} of them: the users whose "
+               "rec test target is the same under RecBole's split of the rec-only data):\n",
+               "| model | seeds | hit@10 | ndcg@5 | ndcg@10 | ndcg@20 | s/epoch |",
                "|---|---|---|---|---|---|---|"]
         part = report["reference_rows"]
         cells = []
