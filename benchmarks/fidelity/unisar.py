@@ -26,6 +26,10 @@ its pickles (train, valid and test) and both sides are scored on the test rows i
 also reported on all of its test rows). Ties: ours counts ties against the target, the release
 ranks by ``argsort``.
 
+``--ours_train_rows release`` trains ours only on the rows the release takes
+(``train_needs_both_kinds``); ``--sasrec`` adds SASRec trained on the recommendation events,
+ranking the same rec test candidates; ``--append`` keeps the rows of an earlier result file.
+
 The checkout is read and run, never copied into the project: the script copies it to
 ``<work>/official``, points its ``Amazon`` setting at the written pickles (sizes appended to
 ``utils/const.py``), writes its ``config/UniSAR_Amazon.yaml`` (its yaml overrides command-line
