@@ -244,8 +244,8 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, write)
 
 
-def write_results(report: dict, name: str) -> None:
-    _write_text(RESULTS / f"{name}.json", json.dumps(report, indent=2))
+def write_results(report: dict, file_name: str) -> None:
+    _write_text(RESULTS / f"{file_name}.json", json.dumps(report, indent=2))
     lines = [f"# UniSAR on semi-synthetic Office (CPU)\n", f"command: `{report['command']}`  ",
              f"data: {report['data']}  ", f"versions: {report['versions']}  ", f"protocol: {report['protocol']}\n",
              *([f"UniSAR trains only on targets whose history holds both behaviour kinds: "
@@ -270,7 +270,7 @@ def write_results(report: dict, name: str) -> None:
     if "bm25_command" in report:
         lines.append(f"BM25 rows added by `{report['bm25_command']}`.")
     text = "\n".join(lines) + "\n"
-    _write_text(RESULTS / f"{name}.md", text)
+    _write_text(RESULTS / f"{file_name}.md", text)
     print(text)
 
 
