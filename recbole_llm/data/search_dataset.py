@@ -116,7 +116,9 @@ class SearchRecDataset(Dataset):
     [n_sessions + 1, max_session_clicks], item ids), ``item_words`` (LongTensor [n_items,
     max_item_words] or None), ``word_num`` (size of the shared word vocabulary).
     Config keys: ``history_length``, ``max_query_words``, ``max_session_clicks``,
-    ``max_item_words``, ``eval_negatives``, ``candidate_seed``.
+    ``max_item_words``, ``eval_negatives``, ``candidate_seed``, ``train_needs_both_kinds`` (keep
+    only the training targets whose history holds both behaviour kinds, as UniSAR's release data
+    does; valid and test rows are kept whatever their history).
     """
 
     def _init_alias(self):
@@ -196,6 +198,7 @@ class _TargetBuilder:
         self.history_length = dataset.config["history_length"]
         self.n_negatives = dataset.config["eval_negatives"]
         self.seed = dataset.config["candidate_seed"]
+        self.train_needs_both_kinds = bool(dataset.config["train_needs_both_kinds"])
         self.uid_field, self.iid_field = dataset.uid_field, dataset.iid_field
         self.user_tokens = dataset.field2id_token[dataset.uid_field]
         self.item_tokens = dataset.field2id_token[dataset.iid_field]
@@ -222,6 +225,8 @@ class _TargetBuilder:
             hist_session = np.where(kinds[history] == SEARCH, sessions[history], 0)
             row = [user, kinds[t], sessions[t], hist_item, hist_session, kinds[history]]
             if labels[t] == TRAIN:
+                if self.train_needs_both_kinds and not (REC in kinds[history] and SEARCH in kinds[history]):
+                    continue
                 targets = [items[t]] if kinds[t] == REC else [c for c in self.session_clicks[sessions[t]] if c]
                 for target in targets:
                     self._append(TRAIN, row, target, None)
