@@ -3,6 +3,7 @@ test, not a user's long benchmark run."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,5 +19,6 @@ def test_there_are_benchmark_scripts():
 def test_benchmark_script_imports(script: Path):
     spec = importlib.util.spec_from_file_location(f"benchmark_script_{script.stem}", script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)  # module level only: each script runs its work under __main__
     assert callable(getattr(module, "main", None)), f"{script} has no main()"
