@@ -246,7 +246,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def write_results(report: dict, file_name: str) -> None:
     _write_text(RESULTS / f"{file_name}.json", json.dumps(report, indent=2))
-    lines = [f"# UniSAR on semi-synthetic Office (CPU)\n", f"command: `{report['command']}`  ",
+    lines = ["# UniSAR on semi-synthetic Office (CPU)\n", f"command: `{report['command']}`  ",
              f"data: {report['data']}  ", f"versions: {report['versions']}  ", f"protocol: {report['protocol']}\n",
              *([f"UniSAR trains only on targets whose history holds both behaviour kinds: "
                 f"{report['unisar_train_needs_both_kinds']}\n"] if "unisar_train_needs_both_kinds" in report else []),

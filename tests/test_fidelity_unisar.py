@@ -15,7 +15,6 @@ from recbole_llm.data.search_dataset import (
 )
 from recbole_llm.registry import create_dataset
 
-from conftest import TINY_UNISAR  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity" / "unisar.py"
 

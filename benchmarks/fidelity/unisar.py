@@ -580,7 +580,7 @@ def write_outputs(out: Path, report: dict, setting: str) -> None:
     atomic_write(out / "fidelity_unisar.json", text_writer(json.dumps(report, indent=2)))
     kept = {k: v["rows"] for k, v in report["release_rows"].items() if k.endswith("_test")}
     dropped = {k: v["dropped"] for k, v in report["release_rows"].items()}
-    md = [f"# UniSAR beside its release (TengShi-RUC/UniSAR @1a14a24)\n", f"setting: {setting}  ",
+    md = ["# UniSAR beside its release (TengShi-RUC/UniSAR @1a14a24)\n", f"setting: {setting}  ",
           *[f"command: `{c}`  " for c in report.get("commands", [report["command"]])], "",
           "Recommendation (hit/ndcg) and search (search_hit/search_ndcg) test metrics on the test rows the release "
           f"can take ({kept}), mean ± std over seeds:\n", summarise(report["rows"]), "",
