@@ -72,18 +72,18 @@ def write_slice(data_root: Path, dataset: str, users: int, items: int, seed: int
     source, target = data_root / dataset, data_root / name
     header, *rows = (source / f"{dataset}.inter").read_text(encoding="utf-8").splitlines()
     rng = random.Random(seed)
+
+    def sample(rows: list, column: int, count: int, what: str) -> list:
+        values = sorted({row.split("\t")[column] for row in rows})
+        if count > len(values):
+            raise SystemExit(f"--{what} {count} exceeds the {len(values)} {what} left in {source}")
+        kept = set(rng.sample(values, count))
+        return [row for row in rows if row.split("\t")[column] in kept]
+
     if users:
-        all_users = sorted({row.split("\t")[0] for row in rows})
-        if users > len(all_users):
-            raise SystemExit(f"--users {users} exceeds the {len(all_users)} users of {source}")
-        kept_users = set(rng.sample(all_users, users))
-        rows = [row for row in rows if row.split("\t")[0] in kept_users]
+        rows = sample(rows, 0, users, "users")
     if items:
-        all_items = sorted({row.split("\t")[1] for row in rows})
-        if items > len(all_items):
-            raise SystemExit(f"--items {items} exceeds the {len(all_items)} items of the slice")
-        kept_items = set(rng.sample(all_items, items))
-        rows = [row for row in rows if row.split("\t")[1] in kept_items]
+        rows = sample(rows, 1, items, "items")
     present = {row.split("\t")[1] for row in rows}
     item_header, *item_rows = (source / f"{dataset}.item").read_text(encoding="utf-8").splitlines()
     target.mkdir(parents=True, exist_ok=True)
