@@ -1,4 +1,5 @@
-"""Ray Tune runs every model family: two trials each of a text, generative, LLM and search model."""
+"""Ray Tune runs every model family: two trials each of a text, generative, LLM, search, LLM-embedding,
+LLM-sequence and text-generation model."""
 from __future__ import annotations
 
 import pytest
@@ -49,3 +50,13 @@ def test_ray_tunes_the_search_model(tmp_path, search_data):
     settings = {**yaml.safe_load(open(search_data["config_file"], encoding="utf-8")), **search_data["config_dict"]}
     settings.pop("dataset", None)
     _tune(tmp_path, "UniSAR", settings, "MLSearch")
+
+
+@pytest.mark.parametrize("model", ["LLM2SASRec", "LiteLLM4Rec", "TransRecLLM"])
+def test_ray_tunes_the_wave_two_families(tmp_path, tiny_config, tiny_lm, search_data, model):
+    """LLM item embeddings in a sequential model, an LLM reading the sequence, text generation."""
+    from test_distributed_models import _config
+
+    settings = _config(model, tiny_config, tiny_lm, tmp_path, search_data)
+    settings.pop("dataset")
+    _tune(tmp_path, model, settings, tiny_config["dataset"])
