@@ -26,7 +26,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -153,13 +153,19 @@ def _publish(report: Dict[str, Any]) -> None:
 
 # ------------------------------------------------------------------------------ distribution
 
+def world() -> Tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside an initialised process group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
 def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() \
-        and torch.distributed.get_world_size() > 1
+    return world()[1] > 1
 
 
 def _rank() -> int:
-    return torch.distributed.get_rank() if _distributed() else 0
+    return world()[0]
 
 
 def _barrier() -> None:

@@ -53,7 +53,7 @@ from torch import nn
 from tqdm import tqdm
 
 from recbole_llm.llm.loader import DEFAULT_CAUSAL_LM, llm_identity, load_causal_lm
-from recbole_llm.stages import Checkpoint, Stage
+from recbole_llm.stages import Checkpoint, Stage, world as _world
 
 logger = logging.getLogger(__name__)
 
@@ -225,13 +225,6 @@ class ReconstructionObjective(nn.Module):
 
 
 # ------------------------------------------------------------------------------ distribution
-
-def _world() -> Tuple[int, int]:
-    """(rank, world size); (0, 1) outside an initialised process group."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
 
 def _sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     if _world()[1] > 1:
